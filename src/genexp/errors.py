@@ -1,0 +1,69 @@
+"""The errors genexp raises for bad input, and the one place that turns them into a short message."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class GenexpError(Exception):
+    """A user-facing problem: bad config value, missing file, corrupt checkpoint.
+
+    The message must name the key or path and say what was expected.
+    """
+
+
+class ConfigError(GenexpError, ValueError):
+    """A config value is wrong."""
+
+    def __init__(self, key: str, value: Any, expected: str) -> None:
+        self.key, self.value, self.expected = key, value, expected
+        super().__init__(f"{key}={value!r}: expected {expected}")
+
+
+class DataNotFoundError(GenexpError, FileNotFoundError):
+    """A data set or file is not where the config says, and cannot be fetched."""
+
+
+class CheckpointError(GenexpError):
+    """A checkpoint is missing, truncated, corrupt or not a genexp checkpoint."""
+
+
+def full_error() -> bool:
+    """True when the user asked for complete tracebacks (Hydra's own switch)."""
+    return os.environ.get("HYDRA_FULL_ERROR") == "1"
+
+
+def report_errors(task: F) -> F:
+    """Turn a `GenexpError` raised by a Hydra task into `genexp: error: ...` and exit status 2.
+
+    Tracebacks only appear with HYDRA_FULL_ERROR=1. In a multirun the error is re-raised so the
+    launcher records the job as failed.
+    """
+
+    @functools.wraps(task)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return task(*args, **kwargs)
+        except GenexpError as err:
+            if full_error() or _in_multirun():
+                raise
+            print(f"genexp: error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _in_multirun() -> bool:
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+    except Exception:
+        return False
