@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from genexp.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
+from genexp.checkpoints import load_checkpoint
 from genexp.errors import ConfigError, report_errors
 from genexp.run_folder import ensure_fresh, scalar_metrics, write_json
 from genexp.validation import validate_train_config
@@ -24,6 +25,8 @@ CONFIG_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 def train(cfg: DictConfig) -> float | None:
     """Train (and test) one composed run; returns ``cfg.optimized_metric`` for sweepers."""
     validate_train_config(cfg)
+    if cfg.get("ckpt_path"):
+        load_checkpoint(cfg.ckpt_path)  # fail now, with the path named, if it is missing or corrupt
     output_dir = ensure_fresh(cfg.paths.output_dir)
     L.seed_everything(cfg.seed, workers=True)
 
@@ -33,12 +36,12 @@ def train(cfg: DictConfig) -> float | None:
     trainer = build_trainer(cfg, build_callbacks(cfg), build_loggers(cfg))
 
     log.info("Run folder: %s", output_dir)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     metrics = scalar_metrics(trainer.callback_metrics)
     if cfg.get("test"):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
-        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        results = trainer.test(model, datamodule=datamodule, ckpt_path=best or None, weights_only=True)
         metrics.update(scalar_metrics(*results))
 
     if trainer.is_global_zero:

@@ -6,12 +6,11 @@ run-level keys (``trainer.*``, ``seed``, ``ckpt_path``) before anything is built
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from genexp.errors import CheckpointError, ConfigError
+from genexp.errors import ConfigError
 
 PRECISIONS = (
     "32-true",
@@ -55,18 +54,6 @@ def check_trainer(cfg: DictConfig) -> None:
         raise ConfigError("trainer.gradient_clip_val", clip, "a number >= 0 or null")
 
 
-def check_checkpoint_path(key: str, value: Any) -> Path | None:
-    """A configured checkpoint path must point at an existing file."""
-    if value is None:
-        return None
-    path = Path(str(value))
-    if not path.is_file():
-        raise CheckpointError(
-            f"{key}={value}: no such checkpoint file (expected a .ckpt written by genexp-train)"
-        )
-    return path
-
-
 def validate_train_config(cfg: DictConfig) -> None:
     """Reject bad run-level values before any object is built."""
     check_int(cfg, "seed", 0)
@@ -74,4 +61,3 @@ def validate_train_config(cfg: DictConfig) -> None:
     metric = cfg.get("optimized_metric")
     if metric is not None and not isinstance(metric, str):
         raise ConfigError("optimized_metric", metric, "a metric name such as val/loss")
-    check_checkpoint_path("ckpt_path", cfg.get("ckpt_path"))

@@ -21,10 +21,8 @@ def warmup_cosine(
         raise ConfigError(
             "scheduler.scheduler.total_steps", total_steps, "a positive number of optimizer steps"
         )
-    if warmup_steps < 0 or warmup_steps > total_steps:
-        raise ConfigError(
-            "scheduler.scheduler.warmup_steps", warmup_steps, f"an integer in [0, total_steps={total_steps}]"
-        )
+    if not isinstance(warmup_steps, int) or warmup_steps < 0:
+        raise ConfigError("scheduler.scheduler.warmup_steps", warmup_steps, "an integer >= 0")
     base_lrs = [group["lr"] for group in optimizer.param_groups]
 
     def factor(base_lr: float):
@@ -52,4 +50,8 @@ def one_cycle(
             "scheduler.scheduler.total_steps", total_steps, "a positive number of optimizer steps"
         )
     peak = max_lr if max_lr is not None else [group["lr"] for group in optimizer.param_groups]
-    return OneCycleLR(optimizer, max_lr=peak, total_steps=total_steps, pct_start=pct_start)
+    # Cycle momentum only where the optimizer has one (Adam-style betas or a non-zero SGD/RMSprop momentum).
+    cycle_momentum = "betas" in optimizer.defaults or optimizer.defaults.get("momentum", 0) > 0
+    return OneCycleLR(
+        optimizer, max_lr=peak, total_steps=total_steps, pct_start=pct_start, cycle_momentum=cycle_momentum
+    )
