@@ -106,3 +106,25 @@ def has_sinfo() -> bool:
         return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+# ----- CI guard: no test may be skipped by accident ------------------------------------------------------
+ALLOWED_SKIPS = ("needs a CUDA GPU",)  # the only skips CI accepts (this machine has no GPU)
+_skipped: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.skipped:
+        reason = str(report.longrepr[-1]) if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        _skipped.append((report.nodeid, reason))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if os.environ.get("GENEXP_NO_SKIPS") != "1":
+        return
+    accidental = [(node, why) for node, why in _skipped if not any(ok in why for ok in ALLOWED_SKIPS)]
+    if accidental:
+        print("\nGENEXP_NO_SKIPS=1: these tests were skipped, which CI does not allow:")
+        for node, why in accidental:
+            print(f"  {node}: {why}")
+        session.exitstatus = 1
