@@ -102,8 +102,9 @@ def main() -> None:
     scorer = QualityScorer(DomainFeatures(classifier.model), classifier.model, datamodule.test_set.tensors)
     n = args.num_samples
     train_x = datamodule.train_set.tensors[0]
-    pick = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(0))[:n]
-    noise = torch.rand(n, *train_x.shape[1:], generator=torch.Generator().manual_seed(0))
+    generator = torch.Generator().manual_seed(datamodule.seed)  # the same draw as SampleQuality's calibration
+    pick = torch.randperm(len(train_x), generator=generator)[:n]
+    noise = torch.rand(n, *train_x.shape[1:], generator=generator)
 
     torch.manual_seed(0)
     gan = models["gan"][0]

@@ -182,6 +182,7 @@ def test_ema_generator_samples_and_ships() -> None:
         g_channels=8,
         d_channels=8,
         ema_decay=0.9,
+        loss="hinge",
         sample_every_n_epochs=0,
     )
     _fit(model, [], epochs=1, batches=4)
