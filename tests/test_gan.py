@@ -174,6 +174,27 @@ def test_each_optimizer_has_its_own_scheduler_and_both_step() -> None:
     assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == pytest.approx([lr * 0.25, lr * 0.25])
     assert len({id(c.scheduler) for c in trainer.lr_scheduler_configs}) == 2
 
+    # ReduceLROnPlateau steps on its monitored validation metric (Lightning leaves it to manual optimization)
+    plateau = {
+        "scheduler": partial(
+            torch.optim.lr_scheduler.ReduceLROnPlateau, patience=0, factor=0.5, threshold=10.0
+        ),
+        "interval": "epoch",
+        "monitor": "val/d_real",
+    }
+    model = GAN(
+        image_shape=(1, 8, 8),
+        latent_dim=8,
+        g_channels=8,
+        d_channels=8,
+        optimizer=partial(torch.optim.Adam, lr=lr),
+        scheduler=plateau,
+        sample_every_n_epochs=0,
+    )
+    trainer = _fit(model, [], epochs=3, batches=2)
+    assert [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs] == [3, 3]
+    assert all(o.param_groups[0]["lr"] < lr for o in trainer.optimizers)  # threshold=10: never "improves"
+
 
 def test_ema_generator_samples_and_ships() -> None:
     model = GAN(

@@ -182,6 +182,7 @@ class GAN(GenerativeModule):
         self.register_buffer("fixed_noise", noise)  # the TensorBoard grid: same z every epoch
         self._noise_override: torch.Tensor | None = None
         self.g_updates, self.d_updates = 0, 0
+        self._monitors: dict[int, str] = {}
 
     # ----- losses ----------------------------------------------------------------------------
     def noise(self, n: int) -> torch.Tensor:
@@ -246,13 +247,16 @@ class GAN(GenerativeModule):
                 continue
             if count % config.frequency:
                 continue
-            if config.reduce_on_plateau:
+            if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 metrics = self.trainer.callback_metrics
-                if config.monitor not in metrics:
+                monitor = self._monitors.get(
+                    id(config.scheduler), "val/loss"
+                )  # Lightning drops it (manual opt)
+                if monitor not in metrics:
                     raise ConfigError(
-                        "scheduler.monitor", config.monitor, f"a metric the GAN logs: {sorted(metrics)}"
+                        "scheduler.monitor", monitor, f"a metric the GAN logs: {sorted(metrics)}"
                     )
-                config.scheduler.step(metrics[config.monitor])
+                config.scheduler.step(metrics[monitor])
             else:
                 config.scheduler.step()
 
@@ -278,6 +282,11 @@ class GAN(GenerativeModule):
             factory=self.optimizer_d_factory,
             scheduler=_with_total_steps(d_scheduler, total) or {},
         )
+        self._monitors = {
+            id(opt["lr_scheduler"]["scheduler"]): opt["lr_scheduler"].get("monitor", "val/loss")
+            for opt in (g, d)
+            if "lr_scheduler" in opt
+        }
         return [g, d]
 
     # ----- validation and test: losses on held-out real images against fresh fakes ------------
