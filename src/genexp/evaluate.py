@@ -11,7 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from genexp.build import build_datamodule, build_loggers, build_model, instantiate
+from genexp.build import build_callbacks, build_datamodule, build_loggers, build_model, instantiate
 from genexp.checkpoints import load_checkpoint
 from genexp.errors import report_errors
 from genexp.models.base import CONFIG_KEY
@@ -39,7 +39,9 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     model = build_model(run_cfg, datamodule)
     model.load_state_dict(checkpoint["state_dict"])
     model.genexp_config = checkpoint[CONFIG_KEY]
-    trainer = instantiate(cfg.trainer, "trainer", logger=build_loggers(cfg) or False)
+    trainer = instantiate(
+        cfg.trainer, "trainer", logger=build_loggers(cfg) or False, callbacks=build_callbacks(cfg)
+    )
     metrics = scalar_metrics(*trainer.test(model, datamodule=datamodule))
     metrics.update(
         {
