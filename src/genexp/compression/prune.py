@@ -169,14 +169,10 @@ class PruningCallback(Callback):
         if target <= self.sparsity:
             return
         masks = self.compute_masks(target, epoch) if trainer.is_global_zero else None
-        if trainer.world_size > 1:
+        if trainer.world_size > 1:  # rank 0 decides, every rank prunes the same weights
             masks = trainer.strategy.broadcast(masks, src=0)
-        for name, mask in masks.items():
-            self._set_mask(name, mask.to(_weight(self.targets[name]).device))
-        self.sparsity = target
-        achieved = self.achieved_sparsity()
-        self.history.append({"epoch": epoch, "target": target, "sparsity": achieved})
-        log.info("Epoch %d: pruned to sparsity %.4f (target %.4f)", epoch, achieved, target)
+        self.apply_masks(masks, target, epoch)
+        log.info("Epoch %d: pruned to sparsity %.4f (target %.4f)", epoch, self.achieved_sparsity(), target)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         numbers = measure(deployable_of(pl_module), repeats=0)
@@ -297,6 +293,19 @@ class PruningCallback(Callback):
             out[name] = keep[offset : offset + s.numel()]
             offset += s.numel()
         return out
+
+    def prune_to(self, module: nn.Module, sparsity: float, epoch: int = 0) -> dict[str, nn.Module]:
+        """Prune ``module`` (e.g. a deployable) once to ``sparsity``, outside a Trainer; returns the targets."""
+        self.targets = find_targets(module, self.include, self.exclude, self.key_prefix)
+        self.apply_masks(self.compute_masks(sparsity, epoch), sparsity, epoch)
+        return self.targets
+
+    def apply_masks(self, masks: dict[str, torch.Tensor], sparsity: float, epoch: int) -> None:
+        """Set the targets' masks (True = kept) and record the step in ``history``."""
+        for name, mask in masks.items():
+            self._set_mask(name, mask.to(_weight(self.targets[name]).device))
+        self.sparsity = sparsity
+        self.history.append({"epoch": epoch, "target": sparsity, "sparsity": self.achieved_sparsity()})
 
     def _set_mask(self, name: str, mask: torch.Tensor) -> None:
         module = self.targets[name]
