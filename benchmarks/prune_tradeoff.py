@@ -83,17 +83,27 @@ def gpt_quality(extra: list[str], work: Path) -> list[dict[str, Any]]:
     base = ["experiment=gpt_shakespeare_cpu", "test=false", *extra]
     epochs = int(composed(base).trainer.max_epochs)
     start, end = epochs // 5, max(epochs // 5, epochs - 2)  # 10 epochs: ramp over epochs 2..8, then fine-tune
-    prune = ["compression=[prune]", "compression.prune.final_sparsity=0.8", "compression.prune.method=l1_unstructured",
-             "compression.prune.scope=global", f"compression.prune.start_epoch={start}",
-             f"compression.prune.end_epoch={end}"]
+    prune = [
+        "compression=[prune]",
+        "compression.prune.final_sparsity=0.8",
+        "compression.prune.method=l1_unstructured",
+        "compression.prune.scope=global",
+        f"compression.prune.start_epoch={start}",
+        f"compression.prune.end_epoch={end}",
+    ]
     dense = run_cli(base, work / "gpt_dense")
     pruned = run_cli([*base, *prune], work / "gpt_prune80")
     d, p = dense["metrics"]["val/loss"], pruned["metrics"]["val/loss"]
     c = pruned["compression"]
     return [
         {"run": "gpt dense", "sparsity": 0.0, "val/loss": d, "ratio": 1.0, "bytes_sparse": math.nan},
-        {"run": f"gpt 80% global l1 (epochs {start}-{end} of {epochs})", "sparsity": c["achieved_sparsity"],
-         "val/loss": p, "ratio": p / d, "bytes_sparse": c["deployable/bytes_sparse"] / c["deployable/bytes_dense"]},
+        {
+            "run": f"gpt 80% global l1 (epochs {start}-{end} of {epochs})",
+            "sparsity": c["achieved_sparsity"],
+            "val/loss": p,
+            "ratio": p / d,
+            "bytes_sparse": c["deployable/bytes_sparse"] / c["deployable/bytes_dense"],
+        },
     ]
 
 
@@ -110,8 +120,16 @@ def channel_latency(family: str, extra: list[str], batch: int, repeats: int) -> 
     x = model.example_input(batch)
     dense_net = deployable_of(model)
     dense = measure(dense_net, x, repeats=repeats)
-    rows = [{"net": f"{family} dense", "params": dense["params"], "nonzero": dense["nonzero"],
-             "latency_ms": dense["latency_ms"], "speedup": 1.0, "max_diff": 0.0}]
+    rows = [
+        {
+            "net": f"{family} dense",
+            "params": dense["params"],
+            "nonzero": dense["nonzero"],
+            "latency_ms": dense["latency_ms"],
+            "speedup": 1.0,
+            "max_diff": 0.0,
+        }
+    ]
 
     pruning = PruningCallback(method="ln_structured", dim=0, scope="layer", final_sparsity=0.5)
     pruned_model = build(overrides)
@@ -121,25 +139,47 @@ def channel_latency(family: str, extra: list[str], batch: int, repeats: int) -> 
     with torch.no_grad():
         reference = net(x) if not isinstance(x, tuple) else net(*x)
     masked = measure(net, x, repeats=repeats)
-    rows.append({"net": f"{family} 50% channels masked", "params": masked["params"], "nonzero": masked["nonzero"],
-                 "latency_ms": masked["latency_ms"], "speedup": dense["latency_ms"] / masked["latency_ms"],
-                 "max_diff": 0.0})
+    rows.append(
+        {
+            "net": f"{family} 50% channels masked",
+            "params": masked["params"],
+            "nonzero": masked["nonzero"],
+            "latency_ms": masked["latency_ms"],
+            "speedup": dense["latency_ms"] / masked["latency_ms"],
+            "max_diff": 0.0,
+        }
+    )
 
     slim_net, removed = slim(net)
     with torch.no_grad():
         out = slim_net(x) if not isinstance(x, tuple) else slim_net(*x)
     slimmed = measure(slim_net, x, repeats=repeats)
-    rows.append({"net": f"{family} masked + slim ({removed} ch removed)", "params": slimmed["params"],
-                 "nonzero": slimmed["nonzero"], "latency_ms": slimmed["latency_ms"],
-                 "speedup": dense["latency_ms"] / slimmed["latency_ms"],
-                 "max_diff": float((out - reference).abs().max())})
+    rows.append(
+        {
+            "net": f"{family} masked + slim ({removed} ch removed)",
+            "params": slimmed["params"],
+            "nonzero": slimmed["nonzero"],
+            "latency_ms": slimmed["latency_ms"],
+            "speedup": dense["latency_ms"] / slimmed["latency_ms"],
+            "max_diff": float((out - reference).abs().max()),
+        }
+    )
 
     if family == "vae":  # what removing half of every channel would give, as a dense architecture
-        half = deployable_of(build([*overrides, f"model.hidden_channels={model.hparams.hidden_channels // 2}"]))
+        half = deployable_of(
+            build([*overrides, f"model.hidden_channels={model.hparams.hidden_channels // 2}"])
+        )
         h = measure(half, x, repeats=repeats)
-        rows.append({"net": "vae dense, half width (reference)", "params": h["params"], "nonzero": h["nonzero"],
-                     "latency_ms": h["latency_ms"], "speedup": dense["latency_ms"] / h["latency_ms"],
-                     "max_diff": math.nan})
+        rows.append(
+            {
+                "net": "vae dense, half width (reference)",
+                "params": h["params"],
+                "nonzero": h["nonzero"],
+                "latency_ms": h["latency_ms"],
+                "speedup": dense["latency_ms"] / h["latency_ms"],
+                "max_diff": math.nan,
+            }
+        )
     return rows
 
 
@@ -160,7 +200,9 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-gpt", action="store_true", help="only the latency part (b)")
-    parser.add_argument("--gpt-override", action="append", default=[], help="extra override for both GPT runs")
+    parser.add_argument(
+        "--gpt-override", action="append", default=[], help="extra override for both GPT runs"
+    )
     parser.add_argument("--batch", type=int, default=64, help="latency batch size")
     parser.add_argument("--repeats", type=int, default=30, help="timed calls per latency (median)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads for latency")
@@ -172,16 +214,20 @@ def main() -> None:
     for family in ("vae", "gan"):
         if available(family):
             latency += channel_latency(family, [], args.batch, args.repeats)
-    print(f"\n(b) 50% ln_structured (dim=0, per layer) channel pruning, CPU latency, batch {args.batch}, "
-          f"{args.threads} thread(s), median of {args.repeats}; speedup = dense / this")
+    print(
+        f"\n(b) 50% ln_structured (dim=0, per layer) channel pruning, CPU latency, batch {args.batch}, "
+        f"{args.threads} thread(s), median of {args.repeats}; speedup = dense / this"
+    )
     print(table(latency, ["net", "params", "nonzero", "latency_ms", "speedup", "max_diff"]))
 
     if not args.skip_gpt:
         with tempfile.TemporaryDirectory(prefix="prune_tradeoff_") as tmp:
             quality = gpt_quality(args.gpt_override, Path(tmp))
         if quality:
-            print("\n(a) GPT gpt_shakespeare_cpu, same total steps; ratio = val/loss / dense val/loss "
-                  "(target <= 1.05); bytes_sparse = sparse / dense state-dict bytes")
+            print(
+                "\n(a) GPT gpt_shakespeare_cpu, same total steps; ratio = val/loss / dense val/loss "
+                "(target <= 1.05); bytes_sparse = sparse / dense state-dict bytes"
+            )
             print(table(quality, ["run", "sparsity", "val/loss", "ratio", "bytes_sparse"]))
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch import Callback
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.nn.utils import prune
 
@@ -115,16 +116,19 @@ class PruningCallback(Callback):
         self.structured = method == "ln_structured"
         if self.structured and (not isinstance(dim, int) or isinstance(dim, bool)):
             raise ConfigError(f"{p}.dim", dim, "an integer dimension for ln_structured (0 = output channels)")
-        if n == "fro":
-            n = 2
+        if isinstance(n, str):  # YAML: fro, inf
+            n = {"fro": 2.0, "inf": math.inf}.get(n.lower(), n)
         if not isinstance(n, (int, float)) or isinstance(n, bool) or not n > 0:
             raise ConfigError(f"{p}.n", n, "a norm order > 0 (1, 2, inf or 'fro')")
         for key, value in (("make_permanent", make_permanent),):
             if not isinstance(value, bool):
                 raise ConfigError(f"{p}.{key}", value, "true or false")
-        for key, value in (("latency_batch_size", latency_batch_size), ("latency_repeats", latency_repeats)):
-            if not isinstance(value, int) or isinstance(value, bool) or value < (key == "latency_batch_size"):
-                raise ConfigError(f"{p}.{key}", value, "a non-negative integer")
+        for key, value, minimum in (
+            ("latency_batch_size", latency_batch_size, 1),
+            ("latency_repeats", latency_repeats, 0),
+        ):
+            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+                raise ConfigError(f"{p}.{key}", value, f"an integer >= {minimum}")
         self.method, self.scope, self.dim, self.n = method, scope, dim, float(n)
         self.include = _patterns(include, f"{p}.include")
         self.exclude = _patterns(exclude, f"{p}.exclude")
@@ -150,6 +154,15 @@ class PruningCallback(Callback):
                             f"a dimension of {name}.weight (shape {tuple(_weight(module).shape)})",
                         )
             log.info("Pruning %d layers of the deployable: %s", len(self.targets), ", ".join(self.targets))
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        last = trainer.max_epochs - 1 if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+        if last is not None and last < self.schedule.end_epoch:
+            rank_zero_warn(
+                f"{self.key_prefix}.end_epoch={self.schedule.end_epoch} is after the last epoch ({last}, "
+                f"trainer.max_epochs={trainer.max_epochs}): this fit stops at sparsity "
+                f"{self.schedule.amount(last):.3f}, not {self.key_prefix}.final_sparsity={self.schedule.final}"
+            )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._restored_masks is not None:  # resuming: the loaded weights are plain, re-apply the masks
