@@ -369,7 +369,7 @@ class PruningCallback(Callback):
             "targeted_nonzero": sum(v["nonzero"] for v in layers.values()),
             "method": self.method,
             "scope": self.scope,
-            "epoch": epoch,
+            "epochs_completed": epoch,
             "permanent": self.make_permanent,
             "schedule": {
                 "start_epoch": self.schedule.start_epoch,
