@@ -19,15 +19,9 @@ CONF = REPO / "conf"
 SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 
 # Fast settings for any in-process or CLI run in tests.
-FAST = [
-    "trainer.max_epochs=1",
-    "trainer.limit_train_batches=3",
-    "trainer.limit_val_batches=2",
-    "trainer.limit_test_batches=2",
-    "trainer.accelerator=cpu",
-    "trainer.enable_model_summary=false",
-    "callbacks.progress_bar=null",
-]
+FAST = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+        "trainer.limit_test_batches=2", "trainer.accelerator=cpu", "trainer.enable_model_summary=false",
+        "callbacks.progress_bar=null"]
 
 
 @pytest.fixture
@@ -53,26 +47,15 @@ def compose_train(tmp_path: Path):
     GlobalHydra.instance().clear()
 
 
-def run_cli(
-    args: list[str],
-    cwd: Path,
-    module: str = "genexp.train",
-    timeout: float = 300,
-    env: dict[str, str] | None = None,
-) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], cwd: Path, module: str = "genexp.train", timeout: float = 300,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run ``python -m <module> args`` the way a user runs ``genexp-train``; returns the finished process."""
     full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     full_env.pop("HYDRA_FULL_ERROR", None) if not env or "HYDRA_FULL_ERROR" not in env else None
     src = str(REPO / "src")
     full_env["PYTHONPATH"] = src + os.pathsep + full_env.get("PYTHONPATH", "")
-    return subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=cwd,
-        env=full_env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=full_env, capture_output=True,
+                          text=True, timeout=timeout)
 
 
 @pytest.fixture
