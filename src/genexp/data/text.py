@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -39,11 +40,15 @@ class CharVocab:
         return len(self.chars)
 
     def unknown(self, text: str) -> list[str]:
-        """The characters of ``text`` that are not in the vocabulary, in order of appearance."""
-        return list(dict.fromkeys(c for c in text if c not in self.index))
+        """The characters of ``text`` that are not in the vocabulary, sorted."""
+        return sorted(set(text) - self.index.keys())
 
     def encode(self, text: str) -> torch.Tensor:
-        return torch.tensor([self.index[c] for c in text], dtype=torch.long)
+        """Token ids of ``text`` (every character must be in the vocabulary), vectorised for large files."""
+        codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+        table = np.zeros(max(int(codes.max(initial=0)), *map(ord, self.chars)) + 1, dtype=np.int64)
+        table[[ord(c) for c in self.chars]] = np.arange(len(self.chars))
+        return torch.from_numpy(table[codes])
 
     def decode(self, ids: torch.Tensor | list[int]) -> str:
         return "".join(self.chars[int(i)] for i in ids)
