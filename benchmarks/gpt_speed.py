@@ -152,7 +152,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         if args.compile:  # pay the compilation once, outside the timings (both runs share its cache)
-            warm = argparse.Namespace(**{**vars(args), "epochs": 1, "batches_per_epoch": 20})
+            warmup_overrides = [*args.overrides, "scheduler.scheduler.warmup_steps=5"]
+            warm = argparse.Namespace(
+                **{**vars(args), "epochs": 1, "batches_per_epoch": 20, "overrides": warmup_overrides}
+            )
             (root / "warmup").mkdir()
             run_plain(compose_recipe(warm, root / "warmup"), root / "warmup")
         for i in range(args.repeats):

@@ -90,12 +90,11 @@ class RandomWindows(IterableDataset):
     """
 
     def __init__(
-        self, data: torch.Tensor, block_size: int, batch_size: int, num_batches: int, seed: int
+        self, data: torch.Tensor, block_size: int, batch_size: int, num_batches: int, seed: int, rank: int = 0
     ) -> None:
         self.windows = data.unfold(0, block_size + 1, 1)  # a view: (len - block_size, block_size + 1)
-        self.batch_size, self.num_batches, self.seed = batch_size, num_batches, seed
+        self.batch_size, self.num_batches, self.seed, self.rank = batch_size, num_batches, seed, rank
         self.passes = 0
-        self.rank = 0
 
     def __len__(self) -> int:
         return self.num_batches
@@ -242,9 +241,8 @@ class TextDataModule(L.LightningDataModule):
         self.val_data = data[min(split, n - need) :]
         rank = self.trainer.global_rank if self.trainer is not None else 0
         self.train_set = RandomWindows(
-            self.train_data, self.block_size, self.batch_size, self.batches_per_epoch, self.seed
+            self.train_data, self.block_size, self.batch_size, self.batches_per_epoch, self.seed, rank
         )
-        self.train_set.rank = rank
         self.val_set = fixed_windows(self.val_data, self.block_size, self.val_batches * self.batch_size)
 
     def train_dataloader(self) -> DataLoader:

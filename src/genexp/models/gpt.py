@@ -159,9 +159,8 @@ class GPT(GenerativeModule):
             raise ConfigError("model.n_embd", n_embd, f"a multiple of model.n_head={n_head}")
         if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
             raise ConfigError("model.dropout", dropout, "a number in [0, 1)")
-        vocab = (
-            [str(c) for c in vocab] if vocab is not None else None
-        )  # plain list: checkpoints load weights-only
+        # A plain list (not Hydra's ListConfig), so that checkpoints load with weights_only=True.
+        vocab = [str(c) for c in vocab] if vocab is not None else None
         if vocab is not None and len(vocab) != vocab_size:
             raise ConfigError("model.vocab", f"{len(vocab)} characters", f"{vocab_size} (model.vocab_size)")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
