@@ -14,7 +14,7 @@ from rich.table import Table
 from genexp.build import build_callbacks, build_datamodule, build_loggers, build_model, instantiate
 from genexp.checkpoints import load_checkpoint
 from genexp.errors import report_errors
-from genexp.models.base import CONFIG_KEY
+from genexp.models.base import CONFIG_KEY, GenerativeModule
 from genexp.run_folder import ensure_fresh, scalar_metrics, write_json
 from genexp.train import CONFIG_DIR
 from genexp.validation import check_trainer
@@ -51,6 +51,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     )
     write_json(output_dir / "metrics.json", metrics)
     _print_table(Path(cfg.ckpt_path), metrics)
+    if cfg.get("num_samples"):
+        _print_samples(model, cfg.num_samples, cfg.get("prompt"))
     return metrics
 
 
@@ -61,6 +63,14 @@ def _print_table(ckpt: Path, metrics: dict[str, float]) -> None:
     for key, value in metrics.items():
         table.add_row(key, f"{value:.4f}")
     Console().print(table)
+
+
+def _print_samples(model: GenerativeModule, n: int, prompt: str | None) -> None:
+    """Text models: print ``n`` samples (continuing ``prompt`` when given)."""
+    texts = model.sample(n) if prompt is None else model.sample(n, prompt=prompt)  # type: ignore[call-arg]
+    if isinstance(texts, list):
+        for i, text in enumerate(texts):
+            print(f"----- sample {i} -----\n{text}")
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
