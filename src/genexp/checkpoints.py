@@ -28,6 +28,7 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first if len(first) <= 120 else first[:117] + "..."  # torch's messages run to paragraphs
         raise CheckpointError(
             f"{key}={path}: not a readable checkpoint (corrupt or truncated?): {first}"
         ) from err

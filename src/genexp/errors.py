@@ -8,6 +8,8 @@ import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -50,13 +52,23 @@ def report_errors(task: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return task(*args, **kwargs)
-        except GenexpError as err:
+        except (GenexpError, OmegaConfBaseException) as err:
             if full_error() or _in_multirun():
                 raise
-            print(f"genexp: error: {err}", file=sys.stderr)
+            print(f"genexp: error: {_describe(err)}", file=sys.stderr)
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _describe(err: Exception) -> str:
+    if isinstance(err, MissingMandatoryValue):
+        return f"{err.full_key}: a value is required (set it on the command line: {err.full_key}=...)"
+    if isinstance(err, OmegaConfBaseException):
+        key = getattr(err, "full_key", None)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        return f"{key}: {first}" if key else first
+    return str(err)
 
 
 def _in_multirun() -> bool:
