@@ -200,6 +200,7 @@ def test_cli_train_then_eval_prints_samples_with_the_saved_vocab(cli, corpus: Pa
         ("model.n_embd=33", CORPUS.encode(), "model.n_embd=33: expected a multiple of model.n_head=2"),
         ("data.block_size=16", b"\xff\xfe not utf-8 " * 10, "is not UTF-8"),
     ],
+    ids=["n_embd_not_multiple_of_n_head", "non_utf8_file"],
 )
 def test_cli_bad_input_is_a_short_error(
     cli, tmp_path: Path, override: str, content: bytes, message: str
