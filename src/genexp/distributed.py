@@ -8,7 +8,8 @@
   Lightning's env vars, so the next job of a sweep launches fresh ranks instead of hanging.
 - **torchrun**: every rank runs Hydra itself (each would stamp its own folder), so rank 0 publishes its folder
   in torchrun's agent store (``MASTER_ADDR:MASTER_PORT``) and ranks > 0 wait for it before Hydra starts.
-- **SLURM** (hydra-submitit-launcher): every task runs the same pickled job config, so the folder is shared.
+- **SLURM** (hydra-submitit-launcher): every task runs the same pickled job config, so the folder is shared;
+  tasks > 0 drop Hydra's log file handler.
 
 Only rank 0 writes files (Lightning's loggers and checkpoints are rank-zero; ``train`` guards metrics.json).
 """
@@ -16,6 +17,7 @@ Only rank 0 writes files (Lightning's loggers and checkpoints are rank-zero; ``t
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -85,6 +87,8 @@ def _job_overrides() -> list[str]:
 @contextmanager
 def job_scope(output_dir: str | Path) -> Iterator[None]:
     """Around one training job: tell ranks > 0 where rank 0's folder is; clean up the ranks Lightning started."""
+    if "SLURM_NTASKS" in os.environ and os.environ.get("SLURM_PROCID", "0") != "0":
+        _console_logging_only()  # every SLURM task runs the Hydra job; only rank 0 writes the log file
     if _torchrun():
         if os.environ.get("RANK", "0") == "0":
             _agent_store().set(_store_key(), str(output_dir))
@@ -99,6 +103,13 @@ def job_scope(output_dir: str | Path) -> Iterator[None]:
         yield
     finally:
         _teardown(saved)
+
+
+def _console_logging_only() -> None:
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
+        root.removeHandler(handler)
+        handler.close()
 
 
 def _teardown(saved: dict[str, str | None]) -> None:

@@ -25,6 +25,11 @@ class ConfigError(GenexpError, ValueError):
         self.key, self.value, self.expected = key, value, expected
         super().__init__(f"{key}={value!r}: expected {expected}")
 
+    def __reduce__(
+        self,
+    ) -> tuple[Any, ...]:  # picklable: submitit and ddp_spawn ship errors between processes
+        return (type(self), (self.key, self.value, self.expected))
+
 
 class DataNotFoundError(GenexpError, FileNotFoundError):
     """A data set or file is not where the config says, and cannot be fetched."""
