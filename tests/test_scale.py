@@ -12,7 +12,8 @@ import torch
 import yaml
 
 from conftest import FAST, run_dirs
-from genexp.errors import ConfigError
+from genexp.distributed import relaunch_argv
+from genexp.errors import ConfigError, GenexpError
 from genexp.train import _optimized_value, train
 from genexp.validation import validate_train_config
 from rank_probe import probe_overrides, read_probes
@@ -87,10 +88,10 @@ def test_torchrun_two_ranks_one_run_folder(cli, tmp_path: Path) -> None:
     assert_ranks_agree(ranks, run, "TorchElasticEnvironment")
 
 
-def test_torchrun_refuses_multirun(cli) -> None:
-    proc = cli(["--nproc_per_node=1", "-m", "genexp.train", "-m", *DDP], module="torch.distributed.run")
-    assert proc.returncode != 0
-    assert "torchrun runs one job" in proc.stderr
+def test_torchrun_refuses_multirun(monkeypatch) -> None:
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "test")
+    with pytest.raises(GenexpError, match="torchrun runs one job"):
+        relaunch_argv(["genexp-train", "-m", "optimizer.lr=0.1,0.01"])
 
 
 @pytest.mark.slow
@@ -213,3 +214,11 @@ def test_gpu_ddp_one_device(cli, tmp_path: Path) -> None:
     proc = cli(["trainer=ddp", "trainer.devices=1", *TINY, "trainer.accelerator=gpu"])
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert len(run_dirs(tmp_path)) == 1
+
+
+def test_config_error_survives_pickling() -> None:
+    """submitit sends a SLURM job's exception back pickled; the message must arrive intact."""
+    import pickle
+
+    err = pickle.loads(pickle.dumps(ConfigError("trainer.devices", 3, "2")))
+    assert (err.key, err.value, str(err)) == ("trainer.devices", 3, "trainer.devices=3: expected 2")

@@ -25,9 +25,8 @@ class ConfigError(GenexpError, ValueError):
         self.key, self.value, self.expected = key, value, expected
         super().__init__(f"{key}={value!r}: expected {expected}")
 
-    def __reduce__(
-        self,
-    ) -> tuple[Any, ...]:  # picklable: submitit and ddp_spawn ship errors between processes
+    def __reduce__(self) -> tuple[Any, ...]:
+        # picklable with its three arguments: submitit (SLURM) ships a job's error back in a pickle
         return (type(self), (self.key, self.value, self.expected))
 
 
