@@ -27,6 +27,10 @@ class ConfigError(GenexpError, ValueError):
         self.key, self.value, self.expected = key, value, expected
         super().__init__(f"{key}={value!r}: expected {expected}")
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # picklable with its three arguments: submitit (SLURM) ships a job's error back in a pickle
+        return (type(self), (self.key, self.value, self.expected))
+
 
 class DataNotFoundError(GenexpError, FileNotFoundError):
     """A data set or file is not where the config says, and cannot be fetched."""

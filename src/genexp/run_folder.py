@@ -13,6 +13,7 @@ from typing import Any
 from genexp.errors import GenexpError
 
 FINISHED_MARKER = "metrics.json"
+LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
 
 
 def ensure_fresh(output_dir: str | Path) -> Path:
@@ -24,6 +25,17 @@ def ensure_fresh(output_dir: str | Path) -> Path:
             "choose a new folder (the default is unique per launch) instead of overwriting it"
         )
     return path
+
+
+def resume_checkpoint(output_dir: str | Path) -> str | None:
+    """``<run>/checkpoints/last.ckpt`` when ``output_dir`` holds an unfinished run, else None.
+
+    A SLURM job that submitit requeues after a preemption or timeout restarts in the same folder; resuming
+    from its last checkpoint loses at most the epoch in progress. Finished folders never get here
+    (`ensure_fresh` refuses them).
+    """
+    last = Path(output_dir) / LAST_CHECKPOINT
+    return str(last) if last.is_file() else None
 
 
 def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:

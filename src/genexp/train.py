@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import math
+import sys
 from pathlib import Path
 
 import hydra
@@ -13,8 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from genexp.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
 from genexp.checkpoints import load_checkpoint
-from genexp.errors import ConfigError, report_errors
-from genexp.run_folder import ensure_fresh, scalar_metrics, write_json
+from genexp.distributed import job_scope, relaunch_argv
+from genexp.errors import ConfigError, GenexpError, report_errors
+from genexp.run_folder import ensure_fresh, resume_checkpoint, scalar_metrics, write_json
 from genexp.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -28,6 +31,12 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("ckpt_path"):
         load_checkpoint(cfg.ckpt_path)  # fail now, with the path named, if it is missing or corrupt
     output_dir = ensure_fresh(cfg.paths.output_dir)
+    ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(output_dir)  # a requeued SLURM job resumes
+    with job_scope(output_dir):
+        return _fit_and_test(cfg, output_dir, ckpt_path)
+
+
+def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> float | None:
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(cfg)
@@ -36,7 +45,9 @@ def train(cfg: DictConfig) -> float | None:
     trainer = build_trainer(cfg, build_callbacks(cfg), build_loggers(cfg))
 
     log.info("Run folder: %s", output_dir)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    if ckpt_path:
+        log.info("Resuming from %s", ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = scalar_metrics(trainer.callback_metrics)
     if cfg.get("test"):
         checkpoint = trainer.checkpoint_callback
@@ -57,7 +68,9 @@ def _optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None
         return None
     if name not in metrics:
         raise ConfigError("optimized_metric", name, f"one of the logged metrics {sorted(metrics)}")
-    return metrics[name]
+    value = metrics[name]
+    # A diverged run is the worst trial, not a crash: sweepers (Optuna) reject NaN but rank +inf last.
+    return value if math.isfinite(value) else float("inf")
 
 
 def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float]) -> None:
@@ -80,9 +93,18 @@ def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float])
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def main(cfg: DictConfig) -> float | None:
-    """Console entry point: ``genexp-train [group=option] [key=value] ... [-m]``."""
+def _hydra_main(cfg: DictConfig) -> float | None:
     return train(cfg)
+
+
+def main() -> float | None:
+    """Console entry point: ``genexp-train [group=option] [key=value] ... [-m]``."""
+    try:
+        sys.argv = relaunch_argv(sys.argv)  # a DDP rank > 0 joins rank 0's job and run folder
+    except GenexpError as err:
+        print(f"genexp: error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return _hydra_main()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,90 @@
+"""SLURM through hydra-submitit-launcher on the real single-node cluster that CI starts (.ci/slurm-up.sh).
+
+Skips when ``sinfo`` does not answer (no cluster on this machine); CI brings one up, so there it always runs.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from conftest import CONF, FAST, has_sinfo, run_dirs
+from rank_probe import probe_overrides, read_probes
+
+pytestmark = [
+    pytest.mark.slurm,
+    pytest.mark.slow,
+    pytest.mark.skipif(not has_sinfo(), reason="no SLURM cluster: sinfo does not answer (CI starts one)"),
+]
+
+TESTS = Path(__file__).resolve().parent
+PROBE_ENV = {"PYTHONPATH": str(TESTS)}  # jobs inherit the submitting environment (sbatch --export=ALL)
+# The CPU preset on the default partition; jobs are small enough for the 2-CPU CI node.
+SLURM_CPU = [
+    "hydra/launcher=slurm_cpu",
+    "hydra.launcher.timeout_min=10",
+    "hydra.launcher.mem_gb=1",
+    "trainer=ddp_cpu",  # 2 devices -> tasks_per_node=2
+    *FAST,
+    "model.hidden_channels=8",
+    "model.num_samples=4",
+    "callbacks.model_summary=null",
+]
+# Pruning lives on another branch until it is merged: use it when its config exists, so that this test checks
+# the final sparsity of every DDP job as soon as it can, and runs the same jobs without compression until then.
+HAS_PRUNE = (CONF / "compression" / "prune.yaml").is_file()
+PRUNE = (
+    [
+        "compression=[prune]",
+        "compression.prune.final_sparsity=0.5",
+        "compression.prune.end_epoch=0",
+        "compression.prune.latency_repeats=0",
+    ]
+    if HAS_PRUNE
+    else []
+)
+
+
+def test_two_jobs_each_ddp_with_two_tasks(cli, tmp_path: Path) -> None:
+    args = ["-m", *SLURM_CPU, *PRUNE, "optimizer.lr=0.01,0.002", *probe_overrides(tmp_path / "probe")]
+    proc = cli(args, env=PROBE_ENV, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()
+    # exactly one folder per job (plus submitit's own folder and Hydra's sweep record), nothing per rank
+    assert sorted(p.name for p in sweep.iterdir()) == [".submitit", "0", "1", "multirun.yaml"]
+    assert run_dirs(tmp_path) == [sweep / "0", sweep / "1"]
+    probes = read_probes(tmp_path / "probe")
+    assert sorted(probes) == ["0", "1"]
+    for job, lr in (("0", 0.01), ("1", 0.002)):
+        run = sweep / job
+        ranks = probes[job]
+        assert [r["global_rank"] for r in ranks] == [0, 1] and {r["world_size"] for r in ranks} == {2}
+        assert {r["cluster"] for r in ranks} == {"SLURMEnvironment"}
+        assert {r["root_dir"] for r in ranks} == {str(run)}
+        assert {r["lr"] for r in ranks} == {lr}
+        assert ranks[0]["metrics"] == pytest.approx(ranks[1]["metrics"], rel=1e-6)  # synchronised
+        metrics = json.loads((run / "metrics.json").read_text())
+        assert metrics["val/loss"] == pytest.approx(ranks[0]["metrics"]["val/loss"])
+        assert (run / "checkpoints" / "last.ckpt").is_file()
+        assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+        assert (run / "train.log").read_text().count("Run folder:") == 1  # rank 0's log only
+        if HAS_PRUNE:
+            report = json.loads((run / "compression.json").read_text())
+            assert report["achieved_sparsity"] == pytest.approx(0.5, abs=0.02)
+    task_logs = sorted(p.name for p in (sweep / ".submitit").rglob("*_log.err"))
+    assert len(task_logs) == 4  # 2 jobs x 2 tasks
+
+
+def test_devices_must_match_tasks_per_node(cli) -> None:
+    args = ["-m", *SLURM_CPU, "trainer.devices=3", "hydra.launcher.tasks_per_node=2"]
+    proc = cli(args, timeout=300)
+    assert proc.returncode != 0
+    assert "trainer.devices=3: expected 2, the tasks per node of this SLURM job" in proc.stderr
+
+
+def test_unknown_partition_is_named(cli, tmp_path: Path) -> None:
+    proc = cli(["-m", *SLURM_CPU, "hydra.launcher.partition=no_such_partition"], timeout=120)
+    assert proc.returncode != 0
+    assert "invalid partition specified: no_such_partition" in proc.stderr
