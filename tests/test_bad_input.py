@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from conftest import FAST, run_cli, run_dirs
 
 TRAIN, EVAL = "genexp.train", "genexp.evaluate"

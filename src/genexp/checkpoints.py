@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from genexp.errors import CheckpointError
 from genexp.models.base import CONFIG_KEY
@@ -38,3 +39,39 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
             "expected a .ckpt from a genexp-train run folder"
         )
     return checkpoint
+
+
+# A checkpoint's config is data from disk: only these callables may be instantiated from it.
+TRUSTED_TARGETS = ("genexp.", "torch.optim.", "lightning.pytorch.")
+REBUILT_GROUPS = ("data", "model", "optimizer", "scheduler")
+
+
+def saved_config(checkpoint: dict[str, Any], path: str | Path, key: str = "ckpt_path") -> DictConfig:
+    """The run config stored in ``checkpoint``, checked before anything in it is instantiated.
+
+    Every ``_target_`` under data/model/optimizer/scheduler must name a genexp, torch.optim or Lightning callable,
+    so a crafted checkpoint cannot make genexp-eval (or a distillation teacher) import and call arbitrary code.
+    """
+    cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
+    missing = [group for group in ("data", "model", "optimizer") if group not in cfg]
+    if missing:
+        raise CheckpointError(
+            f"{key}={path}: its saved config lacks {', '.join(missing)}; not a genexp-train run"
+        )
+    for group in REBUILT_GROUPS:
+        for target in _targets(OmegaConf.to_container(cfg.get(group) or {}, resolve=False)):
+            if not isinstance(target, str) or not target.startswith(TRUSTED_TARGETS):
+                raise CheckpointError(
+                    f"{key}={path}: saved config names _target_={target!r} under {group}; "
+                    f"expected a callable from {', '.join(TRUSTED_TARGETS)}"
+                )
+    return cfg
+
+
+def _targets(node: Any) -> list[Any]:
+    if isinstance(node, dict):
+        found = [node["_target_"]] if "_target_" in node else []
+        return found + [t for value in node.values() for t in _targets(value)]
+    if isinstance(node, list):
+        return [t for value in node for t in _targets(value)]
+    return []

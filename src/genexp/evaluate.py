@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from genexp.build import build_callbacks, build_datamodule, build_loggers, build_model, instantiate
-from genexp.checkpoints import load_checkpoint
+from genexp.checkpoints import load_checkpoint, saved_config
 from genexp.errors import report_errors
 from genexp.models.base import CONFIG_KEY, GenerativeModule
 from genexp.run_folder import ensure_fresh, scalar_metrics, write_json
@@ -28,7 +28,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     check_trainer(cfg)
     output_dir = ensure_fresh(cfg.paths.output_dir)
     checkpoint = load_checkpoint(cfg.ckpt_path)
-    saved = OmegaConf.create(checkpoint[CONFIG_KEY])
+    saved = saved_config(checkpoint, cfg.ckpt_path)
     run_cfg = OmegaConf.merge(saved, {"data": cfg.get("data") or {}})
     L.seed_everything(cfg.seed, workers=True)
 
