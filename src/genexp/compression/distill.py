@@ -172,7 +172,7 @@ class DistillationCallback(Callback):
             final=final,
             ramp=ramp,
             key_prefix=self.key_prefix,
-            initial_key="initial_alpha",
+            initial_key="alpha" if initial is None else "initial_alpha",
             final_key="alpha",
         )
 
