@@ -228,7 +228,9 @@ class DistillationCallback(Callback):
                 f"{self.key_prefix}.teacher={self.teacher_path}: the checkpoint being resumed was "
                 f"distilled from {self._restored_teacher}"
             )
-        if trainer.is_global_zero and self.teacher_metrics and trainer.global_step == 0:
+        if not trainer.is_global_zero:
+            return
+        if self.teacher_metrics and self._restored_teacher is None:  # once, for reference (not on resume)
             reference = {f"teacher/{k}": v for k, v in self.teacher_metrics.items()}
             for logger in trainer.loggers:
                 logger.log_metrics(reference, step=0)
