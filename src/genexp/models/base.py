@@ -5,7 +5,13 @@ genexp config stored inside every checkpoint, and the three hooks each family im
 
 - ``sample(n)``: images ``(n, C, H, W)`` in [0, 1] or a list of strings;
 - ``deployable()``: the sub-network that ships; the only thing compression touches and measures;
-- ``distillation_loss(batch, teacher)``: the family's knowledge-distillation term.
+- ``distillation_loss(batch, teacher, temperature)``: the family's knowledge-distillation term.
+
+Distillation hook (generic; ``compression.distill`` drives it): ``self.distiller`` is None unless a
+``DistillationCallback`` attaches itself for the fit. Each family's training step passes its task loss
+through ``with_distillation(task_loss, batch)``, which returns ``(1 - alpha)·task + alpha·KD`` in the
+scheduled epochs and the task loss unchanged otherwise. The teacher lives on the callback, never as a
+submodule here, so it is in no checkpoint and no optimizer.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import lightning as L
 import torch
@@ -52,6 +58,7 @@ class GenerativeModule(L.LightningModule):
         self.sample_every_n_epochs = sample_every_n_epochs
         self.num_samples = num_samples
         self.genexp_config: dict[str, Any] | None = None  # the composed run config, saved in checkpoints
+        self.distiller: Distiller | None = None  # set by compression.distill during fit (not a submodule)
         _check_lr(self.optimizer_factory)
 
     # ----- hooks every family implements -------------------------------------------------------
@@ -67,9 +74,44 @@ class GenerativeModule(L.LightningModule):
         """A fixed input for ``deployable()``: used to measure latency and to calibrate quantization."""
         raise NotImplementedError
 
-    def distillation_loss(self, batch: Any, teacher: GenerativeModule) -> torch.Tensor:
-        """The family's knowledge-distillation term between this student and ``teacher``."""
+    def distillation_loss(
+        self, batch: Any, teacher: GenerativeModule, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """The family's knowledge-distillation term between this student and a frozen ``teacher``."""
         raise NotImplementedError(f"{type(self).__name__} does not support distillation yet")
+
+    def check_teacher(self, teacher: GenerativeModule, key: str) -> None:
+        """Raise a ConfigError naming ``key`` when ``teacher`` cannot teach this model (before training).
+
+        The default asks for the same family; families add what their ``distillation_loss`` needs
+        (same vocabulary, same image shape, same latent size...).
+        """
+        if type(teacher) is not type(self):
+            raise ConfigError(
+                key,
+                f"a {type(teacher).__name__}",
+                f"a checkpoint of this run's model family ({type(self).__name__})",
+            )
+
+    def with_distillation(self, task_loss: torch.Tensor, batch: Any) -> torch.Tensor:
+        """``(1 - alpha)·task_loss + alpha·distillation_loss`` while ``self.distiller`` is active.
+
+        Outside the scheduled epochs, or without a distiller, returns ``task_loss`` untouched (the
+        teacher does not run). Logs ``train/task_loss``, ``train/kd_loss``, ``train/kd_alpha``.
+        """
+        distiller = self.distiller
+        alpha = distiller.alpha(self.current_epoch) if distiller is not None else 0.0
+        if alpha == 0.0:
+            return task_loss
+        kd = self.distillation_loss(batch, distiller.teacher, **distiller.loss_options)
+        first = batch[0] if isinstance(batch, (tuple, list)) else batch
+        self.log_dict(
+            {"train/task_loss": task_loss.detach(), "train/kd_loss": kd.detach(), "train/kd_alpha": alpha},
+            on_step=True,
+            on_epoch=True,
+            batch_size=first.shape[0] if isinstance(first, torch.Tensor) else None,
+        )
+        return (1.0 - alpha) * task_loss + alpha * kd
 
     # ----- optimizers ----------------------------------------------------------------------------
     def optimizer_param_groups(self) -> Iterable[Any]:
@@ -137,6 +179,15 @@ class GenerativeModule(L.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.genexp_config = checkpoint.get(CONFIG_KEY, self.genexp_config)
+
+
+class Distiller(Protocol):
+    """What ``with_distillation`` needs from ``compression.distill`` (``DistillationCallback``)."""
+
+    teacher: GenerativeModule
+    loss_options: dict[str, Any]
+
+    def alpha(self, epoch: int) -> float: ...
 
 
 def _check_lr(factory: OptimizerFactory) -> None:

@@ -227,7 +227,7 @@ class GAN(GenerativeModule):
         if (batch_idx + 1) % self.d_steps == 0:
             g_loss = self.g_loss(self.discriminator(self.generator(self.noise(n))))
             opt_g.zero_grad(set_to_none=True)
-            self.manual_backward(g_loss)
+            self.manual_backward(self.with_distillation(g_loss, batch))  # KD mixes into G's loss only
             opt_g.step()
             opt_d.zero_grad(set_to_none=True)
             self.g_updates += 1
@@ -339,6 +339,47 @@ class GAN(GenerativeModule):
 
     def example_input(self, batch_size: int) -> torch.Tensor:
         return torch.randn(batch_size, self.latent_dim, generator=torch.Generator().manual_seed(0))
+
+    # ----- distillation ------------------------------------------------------------------------
+    def distillation_loss(
+        self, batch: Any, teacher: GenerativeModule, temperature: float = 1.0, feature_weight: float = 0.0
+    ) -> torch.Tensor:
+        """KD term for the generator: for shared noise ``z``, the mean squared difference between the
+        student's ``G(z)`` and the teacher's sampling generator's (EMA if it has one), both in [-1, 1];
+        plus ``feature_weight`` times the same match on the teacher discriminator's last hidden
+        features of the two images. ``temperature`` does not apply to images and is ignored.
+        The student keeps its adversarial loss: ``with_distillation`` mixes this term into G's loss.
+        """
+        assert isinstance(teacher, GAN)
+        z = self.noise(batch[0].shape[0])
+        fake = self.generator(z)
+        with torch.no_grad():
+            target = teacher.deployable()(z)
+        loss = F.mse_loss(fake, target)
+        if feature_weight:
+            features = teacher.discriminator.net[:-1]  # every layer but the final logit conv
+            with torch.no_grad():
+                target_features = features(target)
+            loss = loss + feature_weight * F.mse_loss(features(fake), target_features)
+        return loss
+
+    def check_teacher(self, teacher: GenerativeModule, key: str) -> None:
+        """A GAN teacher on images of this shape and with this latent size (its noise is shared)."""
+        super().check_teacher(teacher, key)
+        assert isinstance(teacher, GAN)
+        if tuple(teacher.image_shape) != tuple(self.image_shape):
+            raise ConfigError(
+                key,
+                f"a GAN on images of shape {tuple(teacher.image_shape)}",
+                f"a teacher trained on images of this run's shape {tuple(self.image_shape)} "
+                "(same data.name and data.image_size)",
+            )
+        if teacher.latent_dim != self.latent_dim:
+            raise ConfigError(
+                key,
+                f"a GAN with latent_dim {teacher.latent_dim}",
+                f"a teacher with this run's model.latent_dim={self.latent_dim} (student and teacher share z)",
+            )
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

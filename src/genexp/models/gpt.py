@@ -216,7 +216,7 @@ class GPT(GenerativeModule):
         if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
             detached = loss.detach()
             self.log_dict({"train/loss": detached, "train/bpc": detached / LN2}, on_step=True, on_epoch=False)
-        return loss
+        return self.with_distillation(loss, batch)
 
     def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
         x, y = batch
@@ -344,6 +344,27 @@ class GPT(GenerativeModule):
             log_target=True,
         )
         return kl * temperature**2
+
+    def check_teacher(self, teacher: GenerativeModule, key: str) -> None:
+        """A GPT teacher over the same characters, with a context at least as long as this model's."""
+        super().check_teacher(teacher, key)
+        assert isinstance(teacher, GPT)
+        if teacher.vocab != self.vocab:
+            ours, theirs = set(self.vocab or []), set(teacher.vocab or [])
+            raise ConfigError(
+                key,
+                f"a GPT over {len(theirs)} characters",
+                f"a teacher trained on this run's vocabulary ({len(ours)} characters; "
+                f"only in the teacher: {''.join(sorted(theirs - ours))[:20]!r}, "
+                f"only here: {''.join(sorted(ours - theirs))[:20]!r}; same characters in another order "
+                "also differ): train the teacher on the same text",
+            )
+        if teacher.block_size < self.block_size:
+            raise ConfigError(
+                key,
+                f"a GPT with block_size {teacher.block_size}",
+                f"a teacher whose context covers data.block_size={self.block_size}",
+            )
 
 
 def _check_sampling(temperature: Any, top_k: Any, prefix: str = "") -> None:

@@ -162,7 +162,7 @@ class VAE(GenerativeModule):
         return terms["loss"]
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
+        return self.with_distillation(self._step(batch, "train"), batch)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._step(batch, "val")
@@ -182,3 +182,54 @@ class VAE(GenerativeModule):
     def example_input(self, batch_size: int) -> torch.Tensor:
         generator = torch.Generator().manual_seed(0)
         return torch.rand(batch_size, *self.image_shape, generator=generator)
+
+    # ----- distillation ------------------------------------------------------------------------
+    def distillation_loss(
+        self, batch: Any, teacher: GenerativeModule, temperature: float = 1.0
+    ) -> torch.Tensor:
+        """KD term in nats per image: match the teacher's posterior and its reconstruction.
+
+        - posterior: ``KL(q_teacher(z|x) || q_student(z|x))`` between the diagonal Gaussians, summed over
+          z (only when both have the same ``latent_dim``: latents of different sizes share no space);
+        - decoded outputs: the student's reconstruction from its posterior mean against the teacher's,
+          as a divergence of the likelihood (Bernoulli: KL between the temperature-softened pixel
+          probabilities, times T²; Gaussian: squared error of the means scaled by the student's scale).
+        """
+        assert isinstance(teacher, VAE)
+        x = batch[0]
+        mu, logvar = self.encode(x)
+        with torch.no_grad():
+            t_mu, t_logvar = teacher.encode(x)
+            t_out = teacher.decode(t_mu)
+        out = self.decode(mu)
+        if self.likelihood == "bernoulli":
+            target = torch.sigmoid(t_out / temperature)
+            match = F.binary_cross_entropy_with_logits(out / temperature, target, reduction="none")
+            match = match - F.binary_cross_entropy_with_logits(t_out / temperature, target, reduction="none")
+            match = match * temperature**2
+        else:
+            log_scale = self.log_scale.clamp(-7, 2)
+            match = 0.5 * ((out - t_out) * torch.exp(-log_scale)) ** 2
+        loss = match.flatten(1).sum(1).mean()
+        if t_mu.shape == mu.shape:
+            kl = 0.5 * (logvar - t_logvar + (t_logvar.exp() + (t_mu - mu) ** 2) / logvar.exp() - 1.0)
+            loss = loss + kl.sum(1).mean()
+        return loss
+
+    def check_teacher(self, teacher: GenerativeModule, key: str) -> None:
+        """A VAE teacher on images of this shape, with the same likelihood."""
+        super().check_teacher(teacher, key)
+        assert isinstance(teacher, VAE)
+        if tuple(teacher.image_shape) != tuple(self.image_shape):
+            raise ConfigError(
+                key,
+                f"a VAE on images of shape {tuple(teacher.image_shape)}",
+                f"a teacher trained on images of this run's shape {tuple(self.image_shape)} "
+                "(same data.name and data.image_size)",
+            )
+        if teacher.likelihood != self.likelihood:
+            raise ConfigError(
+                key,
+                f"a VAE with likelihood {teacher.likelihood}",
+                f"a teacher with this run's model.likelihood={self.likelihood}",
+            )
