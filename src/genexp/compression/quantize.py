@@ -5,7 +5,7 @@ Three modes, all acting on ``pl_module.deployable()`` (never ``torch.ao.quantiza
 - ``qat``: from ``start_epoch`` (a ``CompressionSchedule``) every targeted ``nn.Linear`` trains with fake
   quantization through torchao's QAT prepare flow (``quantize_(net, QATConfig(..., step="prepare"))``,
   a module swap to ``FakeQuantizedLinear`` sharing the same Parameters, so the optimizer is unaffected):
-  int8 symmetric per-channel weights, plus int8 symmetric per-token dynamic activations for
+  int8 symmetric per-channel weights, plus int8 asymmetric per-token dynamic activations for
   ``scheme=int8_dynamic``. At fit end a copy is converted to real int8 (``QATConfig(step="convert")``
   then the scheme's torchao config). The live LightningModule keeps its fake-quantized layers, so
   Lightning's checkpoints (same state-dict keys) and ``trainer.test`` go on working: the test metrics
@@ -181,20 +181,23 @@ def _give_pruning(module: nn.Module, taken: tuple[nn.Parameter, torch.Tensor, An
 # ----- torchao configs (imported lazily: torchao takes seconds to import) --------------------------------
 def torchao_config(scheme: str) -> Any:
     """The torchao post-training config of ``scheme`` (no global inductor settings changed)."""
-    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, MappingType
 
-    if scheme == "int8_dynamic":
-        return Int8DynamicActivationInt8WeightConfig(set_inductor_config=False)
+    if scheme == "int8_dynamic":  # asymmetric activations: what QAT's per-token fake quantizer simulates
+        return Int8DynamicActivationInt8WeightConfig(
+            act_mapping_type=MappingType.ASYMMETRIC, set_inductor_config=False
+        )
     return Int8WeightOnlyConfig(set_inductor_config=False)
 
 
 def qat_prepare_config(scheme: str) -> Any:
-    """torchao's QAT prepare config matching ``scheme``'s numerics (symmetric int8, per channel / per token)."""
+    """torchao's QAT prepare config with ``scheme``'s numerics: symmetric per-channel int8 weights and, for
+    int8_dynamic, asymmetric per-token int8 activations (torchao's fake quantizer has no symmetric per-token)."""
     from torchao.quantization.qat import IntxFakeQuantizeConfig, QATConfig
 
     weight = IntxFakeQuantizeConfig(torch.int8, "per_channel", is_symmetric=True)
     activation = (
-        IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=True)
+        IntxFakeQuantizeConfig(torch.int8, "per_token", is_symmetric=False)
         if scheme == "int8_dynamic"
         else None
     )
@@ -241,7 +244,11 @@ def quantize_copy(
         wanted = set(linears)
         quantize_(out, config, filter_fn=lambda m, fqn: fqn in wanted and isinstance(m, nn.Linear))
         how = f"torchao {type(config).__name__} ({scheme}: int8 per-channel weights"
-        how += ", int8 per-token dynamic activations)" if scheme == "int8_dynamic" else ", float activations)"
+        how += (
+            ", int8 asymmetric per-token dynamic activations)"
+            if scheme == "int8_dynamic"
+            else ", float activations)"
+        )
         if mode == "qat":
             how = "QAT fake-quant, then " + how
         layers.update({name: {"type": "Linear", "how": how} for name in linears})
@@ -330,7 +337,7 @@ class QuantizationCallback(Callback):
         include: Sequence[str] | str | None = None,
         exclude: Sequence[str] | str | None = None,
         latency_batch_size: int = 16,
-        latency_repeats: int = 20,
+        latency_repeats: int = 5,
         artifact: bool = True,
         key_prefix: str = "compression.quantize",
     ) -> None:
@@ -370,6 +377,9 @@ class QuantizationCallback(Callback):
         self.targets: dict[str, nn.Module] = {}
         self.fake_quant_epoch: int | None = None  # the epoch QAT's fake quantization started in this fit
         self.report: dict[str, Any] = {}
+        self.quantized: nn.Module | None = (
+            None  # the quantized copy written at fit end (for scripts and tests)
+        )
 
     @property
     def linears(self) -> list[str]:
@@ -442,7 +452,7 @@ class QuantizationCallback(Callback):
                     run_dir / ARTIFACT_DIR, pl_module, quantized, report["recipe"], trainer
                 )
                 report["artifact"] = str(path.relative_to(run_dir))
-        self.report = report
+        self.report, self.quantized = report, quantized
         if run_dir is not None:
             update_json(run_dir / "compression.json", {"quantize": report})
         writer = pl_module.tensorboard() if hasattr(pl_module, "tensorboard") else None
