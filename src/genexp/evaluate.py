@@ -13,6 +13,7 @@ from rich.table import Table
 
 from genexp.build import build_callbacks, build_datamodule, build_loggers, build_model, instantiate
 from genexp.checkpoints import load_checkpoint, saved_config
+from genexp.compression.quantize import install_artifact, is_artifact, read_artifact
 from genexp.errors import report_errors
 from genexp.models.base import CONFIG_KEY, GenerativeModule
 from genexp.run_folder import ensure_fresh, scalar_metrics, write_json
@@ -24,20 +25,25 @@ log = logging.getLogger(__name__)
 
 @report_errors
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test the checkpoint at ``cfg.ckpt_path``; write ``metrics.json`` into this eval's own run folder."""
+    """Test the checkpoint (or quantized artifact folder) at ``cfg.ckpt_path``; write ``metrics.json`` into this eval's own run folder."""
     check_trainer(cfg)
     output_dir = ensure_fresh(cfg.paths.output_dir)
-    checkpoint = load_checkpoint(cfg.ckpt_path)
+    quantized = is_artifact(cfg.ckpt_path)  # a <run>/quantized folder from compression=[quantize]
+    checkpoint = read_artifact(cfg.ckpt_path) if quantized else load_checkpoint(cfg.ckpt_path)
     saved = saved_config(checkpoint, cfg.ckpt_path)
     run_cfg = OmegaConf.merge(saved, {"data": cfg.get("data") or {}})
     L.seed_everything(cfg.seed, workers=True)
 
     datamodule = build_datamodule(run_cfg)
     state_key = type(datamodule).__qualname__
-    if state_key in checkpoint:
-        datamodule.load_state_dict(checkpoint[state_key])
+    data_state = checkpoint.get("datamodule", {}) if quantized else checkpoint
+    if state_key in data_state:
+        datamodule.load_state_dict(data_state[state_key])
     model = build_model(run_cfg, datamodule)
-    model.load_state_dict(checkpoint["state_dict"])
+    if quantized:
+        install_artifact(model, checkpoint)
+    else:
+        model.load_state_dict(checkpoint["state_dict"])
     model.genexp_config = checkpoint[CONFIG_KEY]
     trainer = instantiate(
         cfg.trainer, "trainer", logger=build_loggers(cfg) or False, callbacks=build_callbacks(cfg)

@@ -50,6 +50,23 @@ def write_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
     return path
 
 
+def update_json(path: str | Path, payload: Mapping[str, Any]) -> Path:
+    """Merge ``payload``'s top-level keys into the JSON object at ``path`` (created if absent), atomically.
+
+    Lets several writers share one file (``compression.json``: pruning's numbers and quantization's
+    ``quantize`` section) in any order without dropping each other's keys.
+    """
+    path = Path(path)
+    existing: dict[str, Any] = {}
+    if path.is_file():
+        try:
+            loaded = json.loads(path.read_text())
+            existing = loaded if isinstance(loaded, dict) else {}
+        except (OSError, ValueError):
+            existing = {}
+    return write_json(path, {**existing, **payload})
+
+
 def scalar_metrics(*sources: Mapping[str, Any]) -> dict[str, float]:
     """Flatten metric dicts (tensors or numbers) into one ``{"stage/name": float}`` mapping."""
     out: dict[str, float] = {}

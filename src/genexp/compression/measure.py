@@ -15,6 +15,10 @@ Sparse format (``sparse_state_dict``), chosen per tensor, whichever is smaller:
   off below ~97% density; at 80% sparsity it is ~0.23x the dense size.
 
 ``load_sparse_state_dict`` turns it back into an ordinary state dict.
+
+Quantized weights count too: a torchao tensor subclass (``Int8Tensor``) is measured through its
+``dequantize()`` values and serialized as it is (never re-encoded sparse), and int8 buffers (the
+``Int8WeightConv`` weights of ``quantize.py``) count as parameters.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def sparse_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
     out: dict[str, torch.Tensor | SparseEntry] = {}
     for key, tensor in folded_state_dict(state_dict).items():
         tensor = tensor.detach().cpu()
-        if tensor.is_floating_point() and tensor.numel() > 0:
+        if is_plain(tensor) and tensor.is_floating_point() and tensor.numel() > 0:
             nonzero = tensor != 0
             nnz = int(nonzero.sum())
             sparse_cost = (tensor.numel() + 7) // 8 + nnz * tensor.element_size()
@@ -107,12 +111,24 @@ def load_sparse_state_dict(sparse: Mapping[str, torch.Tensor | SparseEntry]) -> 
     return out
 
 
+def is_plain(tensor: torch.Tensor) -> bool:
+    """False for tensor subclasses such as torchao's quantized ``Int8Tensor``."""
+    return type(tensor) in (torch.Tensor, nn.Parameter)
+
+
+def values_of(tensor: torch.Tensor) -> torch.Tensor:
+    """The values a tensor stands for: ``dequantize()`` of a quantized subclass, else the tensor."""
+    return tensor if is_plain(tensor) or not hasattr(tensor, "dequantize") else tensor.dequantize()
+
+
 def layer_stats(module: nn.Module) -> dict[str, dict[str, float]]:
-    """``{parameter name: {"params", "nonzero", "sparsity"}}`` over the deployable state dict."""
+    """``{parameter name: {"params", "nonzero", "sparsity"}}`` over the deployable state dict
+    (floating tensors, quantized subclasses and int8 tensors)."""
     stats: dict[str, dict[str, float]] = {}
     for key, tensor in deployable_state_dict(module).items():
-        if not tensor.is_floating_point():
+        if not (tensor.is_floating_point() or tensor.dtype == torch.int8):
             continue
+        tensor = values_of(tensor)
         numel = tensor.numel()
         nonzero = int(torch.count_nonzero(tensor))
         stats[key] = {"params": numel, "nonzero": nonzero, "sparsity": 1 - nonzero / numel if numel else 0.0}

@@ -33,7 +33,7 @@ from torch.nn.utils import prune
 from genexp.compression.measure import folded_state_dict, measure
 from genexp.compression.schedule import CompressionSchedule
 from genexp.errors import CheckpointError, ConfigError
-from genexp.run_folder import write_json
+from genexp.run_folder import update_json
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +206,7 @@ class PruningCallback(Callback):
         if trainer.is_global_zero:
             report = self.report(pl_module, trainer.current_epoch)
             if trainer.default_root_dir:
-                write_json(Path(trainer.default_root_dir) / "compression.json", report)
+                update_json(Path(trainer.default_root_dir) / "compression.json", report)
             writer = _tensorboard(pl_module)
             if writer is not None and "deployable/latency_ms" in report:
                 writer.add_scalar(
@@ -330,6 +330,14 @@ class PruningCallback(Callback):
         with torch.no_grad():
             module.weight_orig.mul_(module.weight_mask)  # pruned originals are zero too
             setattr(module, PARAM, module.weight_orig * module.weight_mask)
+
+    def retarget(self, name: str, module: nn.Module) -> None:
+        """Point target ``name`` at ``module``, a layer another callback swapped in for it (QAT's
+        fake-quantized Linear); any pruning reparametrization must already have moved onto ``module``."""
+        self.targets[name] = module
+        if name in self._hooks:
+            self._hooks.pop(name).remove()
+            self._hooks[name] = module.register_load_state_dict_pre_hook(_accept_plain_weight)
 
     def remove_pruning(self) -> None:
         """Fold the masks into plain ``weight`` parameters (``prune.remove``)."""

@@ -39,7 +39,7 @@ def _dims(m: nn.Module) -> tuple[int, int]:
     return (1, 0) if isinstance(m, _CONVT) else (0, 1)
 
 
-def _plain(m: nn.Module) -> nn.Module:
+def plain_copy(m: nn.Module) -> nn.Module:
     """A copy of ``m`` with any pruning reparametrization folded into plain parameters."""
     memo = {  # the masked ``weight`` a pruning hook leaves behind is a non-leaf tensor: copy it detached
         id(v): v.detach().clone()
@@ -78,7 +78,7 @@ def _slice(m: nn.Module, dim_kind: int, keep: torch.Tensor) -> nn.Module:
 
 def slim_sequential(seq: nn.Sequential) -> tuple[nn.Sequential, int]:
     """A narrower copy of ``seq`` computing the same function; returns it and how many channels went."""
-    layers = [_plain(m) for m in seq]
+    layers = [plain_copy(m) for m in seq]
     removed = 0
     idx = [i for i, m in enumerate(layers) if _channel_layer(m)]
     for a, b in zip(idx[:-1], idx[1:], strict=True):
@@ -108,7 +108,7 @@ def slim(module: nn.Module) -> tuple[nn.Module, int]:
     """A plain copy of ``module`` with every outermost Sequential in it slimmed; also returns the count removed."""
     if isinstance(module, nn.Sequential):
         return slim_sequential(module)
-    out = _plain(module)
+    out = plain_copy(module)
     removed = 0
     for name, child in list(out.named_children()):
         slimmed, count = slim(child)
