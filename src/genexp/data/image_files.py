@@ -54,12 +54,7 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _find(folder: Path, stem: str) -> Path | None:
-    for candidate in (
-        folder / stem,
-        folder / f"{stem}.gz",
-        folder / "raw" / stem,
-        folder / "raw" / f"{stem}.gz",
-    ):
+    for candidate in (folder / stem, folder / f"{stem}.gz", folder / "raw" / stem, folder / "raw" / f"{stem}.gz"):
         if candidate.exists():
             return candidate
     return None

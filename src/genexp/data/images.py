@@ -50,9 +50,7 @@ class ImageDataModule(L.LightningDataModule):
         native = NATIVE_SIZE[name]
         image_size = native if image_size is None else image_size
         if not isinstance(image_size, int) or image_size < native:
-            raise ConfigError(
-                "data.image_size", image_size, f"an integer >= the native size {native} of {name}"
-            )
+            raise ConfigError("data.image_size", image_size, f"an integer >= the native size {native} of {name}")
         if resize not in RESIZE_MODES:
             raise ConfigError("data.resize", resize, f"one of {list(RESIZE_MODES)}")
         if not isinstance(batch_size, int) or batch_size < 1:
@@ -96,9 +94,7 @@ class ImageDataModule(L.LightningDataModule):
             total = self.image_size - native
             left = total // 2
             return F.pad(images, (left, total - left, left, total - left))
-        return F.interpolate(
-            images, size=(self.image_size,) * 2, mode="bilinear", align_corners=False
-        ).clamp_(0, 1)
+        return F.interpolate(images, size=(self.image_size,) * 2, mode="bilinear", align_corners=False).clamp_(0, 1)
 
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
