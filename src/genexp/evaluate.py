@@ -1,74 +1,78 @@
-"""genexp-eval: rebuild a run from the config inside its checkpoint and measure it on the test split."""
+"""genexp-eval: measure a run, a checkpoint or a quantized artifact, or compare the runs of a sweep.
+
+    genexp-eval target=outputs/train/runs/<time>         # a run folder, a .ckpt or a quantized artifact
+    genexp-eval ckpt_path=outputs/.../last.ckpt          # the same, for a checkpoint
+    genexp-eval compare=outputs/train/multiruns/<time>   # or compare=[run_a,run_b,...]
+
+One target: quality (the family's metric on the test split), parameters, non-zeros, bytes, CPU (and GPU)
+latency and throughput go to ``report.json``, ``report.md`` and ``metrics.json`` in this eval's run folder
+and to a rich table. ``compare``: see ``genexp.report.compare``.
+"""
 
 from __future__ import annotations
 
 import logging
-from pathlib import Path
+from typing import Any
 
 import hydra
 import lightning as L
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
-from rich.table import Table
 
-from genexp.build import build_callbacks, build_datamodule, build_loggers, build_model, instantiate
-from genexp.checkpoints import load_checkpoint, saved_config
-from genexp.compression.quantize import install_artifact, is_artifact, read_artifact
-from genexp.errors import report_errors
-from genexp.models.base import CONFIG_KEY, GenerativeModule
-from genexp.run_folder import ensure_fresh, scalar_metrics, write_json
+from genexp.build import build_callbacks, build_loggers
+from genexp.errors import ConfigError, report_errors
+from genexp.models.base import GenerativeModule
+from genexp.report.compare import compare_runs
+from genexp.report.load import load_any
+from genexp.report.measure_run import SpeedSettings, measure_target
+from genexp.report.tables import print_compare, print_single, single_markdown
+from genexp.run_folder import ensure_fresh, write_json
 from genexp.train import CONFIG_DIR
 from genexp.validation import check_trainer
 
 log = logging.getLogger(__name__)
+MODES = ("target", "ckpt_path", "compare")
 
 
 @report_errors
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test the checkpoint (or quantized artifact folder) at ``cfg.ckpt_path``; write ``metrics.json`` into this eval's own run folder."""
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Report on ``target`` / ``ckpt_path``, or compare the runs under ``compare``."""
     check_trainer(cfg)
+    mode, value = _chosen(cfg)
+    settings = SpeedSettings.from_config(cfg.get("report"))
     output_dir = ensure_fresh(cfg.paths.output_dir)
-    quantized = is_artifact(cfg.ckpt_path)  # a <run>/quantized folder from compression=[quantize]
-    checkpoint = read_artifact(cfg.ckpt_path) if quantized else load_checkpoint(cfg.ckpt_path)
-    saved = saved_config(checkpoint, cfg.ckpt_path)
-    run_cfg = OmegaConf.merge(saved, {"data": cfg.get("data") or {}})
+    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
     L.seed_everything(cfg.seed, workers=True)
 
-    datamodule = build_datamodule(run_cfg)
-    state_key = type(datamodule).__qualname__
-    data_state = checkpoint.get("datamodule", {}) if quantized else checkpoint
-    if state_key in data_state:
-        datamodule.load_state_dict(data_state[state_key])
-    model = build_model(run_cfg, datamodule)
-    if quantized:
-        install_artifact(model, checkpoint)
-    else:
-        model.load_state_dict(checkpoint["state_dict"])
-    model.genexp_config = checkpoint[CONFIG_KEY]
-    trainer = instantiate(
-        cfg.trainer, "trainer", logger=build_loggers(cfg) or False, callbacks=build_callbacks(cfg)
-    )
-    metrics = scalar_metrics(*trainer.test(model, datamodule=datamodule))
-    metrics.update(
-        {
-            "checkpoint/epoch": float(checkpoint.get("epoch", -1)),
-            "checkpoint/global_step": float(checkpoint.get("global_step", -1)),
-        }
-    )
+    if mode == "compare":
+        targets = list(value) if isinstance(value, ListConfig) else [value]
+        summary = compare_runs(targets, output_dir, cfg.trainer, lambda: build_callbacks(cfg), settings, data)
+        print_compare(summary["runs"], f"genexp-eval compare ({output_dir})")
+        log.info("Report: %s (plot %s)", output_dir / "report.md", output_dir / summary["plot"])
+        return summary
+
+    loaded = load_any(value, key=mode, data=data)  # type: ignore[arg-type]
+    row = measure_target(loaded, cfg.trainer, build_callbacks(cfg), settings, loggers=build_loggers(cfg))
+    write_json(output_dir / "report.json", row)
+    (output_dir / "report.md").write_text(single_markdown(row), encoding="utf-8")
+    metrics = {**row["metrics"], **{k: v for k, v in row.items() if k.startswith("checkpoint/")}}
     write_json(output_dir / "metrics.json", metrics)
-    _print_table(Path(cfg.ckpt_path), metrics)
+    print_single(row, Console(width=160))
     if cfg.get("num_samples"):
-        _print_samples(model, cfg.num_samples, cfg.get("prompt"))
-    return metrics
+        _print_samples(loaded.model, cfg.num_samples, cfg.get("prompt"))
+    return row
 
 
-def _print_table(ckpt: Path, metrics: dict[str, float]) -> None:
-    table = Table(title=f"genexp-eval {ckpt}")
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key, value in metrics.items():
-        table.add_row(key, f"{value:.4f}")
-    Console().print(table)
+def _chosen(cfg: DictConfig) -> tuple[str, Any]:
+    given = [(mode, cfg.get(mode)) for mode in MODES if cfg.get(mode) not in (None, "", [])]
+    if len(given) != 1:
+        raise ConfigError(
+            "target",
+            {mode: value for mode, value in given} or None,
+            "exactly one of target=<run folder | .ckpt | quantized artifact>, ckpt_path=<.ckpt> or "
+            "compare=<multirun folder | [run, run, ...]>",
+        )
+    return given[0]
 
 
 def _print_samples(model: GenerativeModule, n: int, prompt: str | None) -> None:
@@ -81,7 +85,7 @@ def _print_samples(model: GenerativeModule, n: int, prompt: str | None) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> None:
-    """Console entry point: ``genexp-eval ckpt_path=...``."""
+    """Console entry point: ``genexp-eval target=...`` or ``genexp-eval compare=...``."""
     evaluate(cfg)
 
 

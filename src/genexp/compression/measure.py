@@ -51,8 +51,13 @@ def folded_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch
 
 
 def deployable_state_dict(module: nn.Module) -> dict[str, torch.Tensor]:
-    """``module.state_dict()`` as it ships: detached, on the CPU, pruning masks folded in."""
-    return {k: v.detach().cpu() for k, v in folded_state_dict(module.state_dict()).items()}
+    """``module.state_dict()`` as it ships: detached, on the CPU, pruning masks folded in, keys sorted.
+
+    Sorted, because ``torch.save``'s size depends on the key order (its records are aligned), and that
+    order changes when pruning is made permanent: the same weights must give the same bytes.
+    """
+    folded = folded_state_dict(module.state_dict())
+    return {k: folded[k].detach().cpu() for k in sorted(folded)}
 
 
 def serialized_bytes(obj: Any) -> int:

@@ -1,0 +1,11 @@
+"""The compression report: what a run, checkpoint or quantized artifact costs and how good it is.
+
+- ``load.load_any(path)``: a checkpoint (``.ckpt``), a run folder or a quantized artifact, rebuilt as a model;
+- ``family``: each model family's quality metric (VAE negative ELBO, GAN domain FID, GPT loss / bpc / ppl);
+- ``measure_run.measure_target``: quality, parameters, non-zeros, bytes, CPU (and GPU) latency -> one dict;
+- ``compare.compare_runs``: every run of a sweep in one table, the dense baseline, ratios against it;
+- ``pareto``: the quality-vs-bytes and quality-vs-latency plot with its frontier;
+- ``hparams``: one TensorBoard HPARAMS entry per run;
+- ``tables``: the Markdown and rich renderings;
+- ``sweep_callback.CompareSweep``: a Hydra callback that compares a multirun when it ends.
+"""

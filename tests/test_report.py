@@ -1,0 +1,194 @@
+"""The compression report: genexp-eval on one run, compare over a sweep, the plot, hparams, bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import pytest
+
+from conftest import FAST, run_cli
+from genexp.compression.measure import cpu_latency_ms, measure
+from genexp.report.compare import compare_runs
+from genexp.report.family import compression_of
+from genexp.report.load import load_any
+from genexp.report.measure_run import SpeedSettings, example_of
+from genexp.report.pareto import frontier
+
+TINY = [
+    *FAST,
+    "trainer.limit_val_batches=1",
+    "model.latent_dim=4",
+    "model.hidden_channels=8",
+    "model.sample_every_n_epochs=0",
+]
+# The real sweep recipe, shrunk: one epoch, pruned one-shot at epoch 0, two sparsities.
+SWEEP = [
+    "-m",
+    "experiment=vae_compress_sweep",
+    *TINY,
+    "compression.prune.end_epoch=0",
+    "compression.prune.latency_repeats=20",
+    "compression.prune.final_sparsity=0.0,0.8",
+    "hydra.callbacks.compare_sweep.overrides=['callbacks.sample_quality=null','report.repeats=10',"
+    "'trainer.limit_test_batches=2','trainer.enable_progress_bar=false']",
+]
+EVAL_FAST = [
+    "callbacks.sample_quality=null",
+    "report.repeats=20",
+    "trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "trainer.enable_model_summary=false",
+]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real two-run VAE multirun (sparsity 0 and 0.8) whose CompareSweep callback compared it."""
+    root = tmp_path_factory.mktemp("sweep")
+    result = run_cli(SWEEP, cwd=root)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [sweep_dir] = list((root / "outputs" / "train" / "multiruns").iterdir())
+    return sweep_dir
+
+
+def test_sweep_ends_with_table_plot_and_hparams(sweep: Path) -> None:
+    report = json.loads((sweep / "compare" / "report.json").read_text())
+    rows = report["runs"]
+    assert len(rows) == 2 and report["skipped"] == []
+    assert [r["quality"] for r in rows] == sorted(r["quality"] for r in rows)
+    [base] = [r for r in rows if r["is_baseline"]]
+    assert (
+        base["prune_sparsity"] == 0.0 and base["run_dir"].endswith("/0") and report["baseline"] == base["run"]
+    )
+    assert base["bytes_ratio"] == base["latency_ratio"] == base["quality_ratio"] == 1.0
+    [pruned] = [r for r in rows if not r["is_baseline"]]
+    assert pruned["compression"] == "prune 0.8" and pruned["bytes_ratio"] < 0.6  # bitmask format pays off
+    assert pruned["bytes_ratio"] == pytest.approx(pruned["bytes"] / base["bytes"])
+
+    table = (sweep / "compare" / "report.md").read_text()
+    assert "(baseline)" in table and "test/nelbo" in table and "![Pareto plot](pareto.png)" in table
+
+    import matplotlib.image
+
+    png = matplotlib.image.imread(sweep / "compare" / "pareto.png")
+    assert png.shape[0] > 300 and png.shape[1] > 800  # two panels side by side
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    folders = sorted((sweep / "compare" / "tensorboard").iterdir())
+    assert len(folders) == 2
+    for folder in folders:
+        events = EventAccumulator(str(folder))
+        events.Reload()
+        assert "_hparams_/session_start_info" in events.PluginTagToContent("hparams")
+        assert "report/quality" in events.Tags()["scalars"] and "report/bytes" in events.Tags()["scalars"]
+
+
+def test_report_agrees_with_compression_json_and_a_fresh_measurement(sweep: Path, compose_train) -> None:
+    from genexp.evaluate import evaluate
+
+    run = sweep / "1"  # sparsity 0.8
+    cfg = compose_train([f"target={run}", *EVAL_FAST, "logger={}"], config_name="eval")
+    evaluate(cfg)
+    report = json.loads((Path(cfg.paths.output_dir) / "report.json").read_text())
+    assert (Path(cfg.paths.output_dir) / "report.md").read_text().count("|") > 20
+    compression = json.loads((run / "compression.json").read_text())
+    for key in ("params", "nonzero", "bytes_dense", "bytes_sparse"):
+        assert report[key] == compression[f"deployable/{key}"], key
+    assert report["sparsity"] == pytest.approx(compression["deployable/sparsity"])
+    assert report["target"].endswith("checkpoints/last.ckpt") and report["compression"] == "prune 0.8"
+    assert report["bytes"] == report["bytes_sparse"] < report["bytes_dense"]
+
+    loaded = load_any(run)
+    fresh = measure(loaded.model.deployable(), None, repeats=0)
+    assert {k: report[k] for k in fresh} == pytest.approx(fresh)
+    # Latency noise (a shared 2-core machine): the report's median is within 5x of compression.json's and of
+    # one of three fresh medians.
+    assert (
+        compression["deployable/latency_ms"] / 5
+        < report["latency_ms"]
+        < compression["deployable/latency_ms"] * 5
+    )
+    example = example_of(loaded, report["batch_size"])
+    fresh_ms = [cpu_latency_ms(loaded.model.deployable(), example, repeats=20) for _ in range(3)]
+    assert any(ms / 5 < report["latency_ms"] < ms * 5 for ms in fresh_ms), (report["latency_ms"], fresh_ms)
+    assert report["throughput_per_s"] == pytest.approx(report["batch_size"] / report["latency_ms"] * 1e3)
+    assert report["metrics"]["test/nelbo"] == report["quality"] > 0
+
+
+def test_a_broken_run_in_a_sweep_is_skipped_with_a_warning(
+    sweep: Path, tmp_path: Path, compose_train, caplog: pytest.LogCaptureFixture
+) -> None:
+    copy = tmp_path / "sweep"
+    shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("compare"))
+    shutil.copytree(copy / "1", copy / "2")
+    (copy / "2" / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
+    cfg = compose_train(EVAL_FAST, config_name="eval")
+    with caplog.at_level(logging.WARNING):
+        summary = compare_runs(
+            [copy], tmp_path / "out", cfg.trainer, list, SpeedSettings(repeats=2, rounds=1), key="compare"
+        )
+    assert [r["run_dir"] for r in summary["runs"]] and len(summary["runs"]) == 2
+    [skipped] = summary["skipped"]
+    assert skipped["run"] == str(copy / "2") and "last.ckpt" in skipped["reason"]
+    assert "Skipping" in caplog.text and str(copy / "2") in caplog.text
+    assert "Skipped runs" in (tmp_path / "out" / "report.md").read_text()
+
+
+def test_bad_inputs_give_clear_messages(sweep: Path, tmp_path: Path, cli, compose_train) -> None:
+    from genexp.train import train
+
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    gan_run = tmp_path / "run"  # compose_train's output_dir: a GAN run, another family than the sweep's VAE
+    train(compose_train([*FAST, "model=gan", "model.sample_every_n_epochs=0", "test=false", "logger={}"]))
+    artifact = tmp_path / "model.pt2"
+    artifact.write_bytes(b"\x00not an artifact")
+    cases = [
+        ([f"compare={empty}"], [str(empty), "no genexp runs"]),
+        (
+            [f"compare=[{sweep},{gan_run / 'checkpoints' / 'last.ckpt'}]"],
+            ["mix model families", "vae:", "gan:"],
+        ),
+        ([f"target={artifact}"], [str(artifact)]),
+    ]
+    for args, fragments in cases:
+        result = cli([*args, *EVAL_FAST], module="genexp.evaluate")
+        assert result.returncode != 0 and "Traceback" not in result.stderr, (args, result.stderr[-2000:])
+        for fragment in fragments:
+            assert fragment in result.stderr, (fragment, result.stderr[-2000:])
+
+
+def test_frontier_and_baseline_detection() -> None:
+    points = [(10.0, 5.0), (4.0, 6.0), (4.0, 7.0), (2.0, 9.0), (12.0, 5.5), (1.0, 20.0)]
+    assert frontier(points) == [5, 3, 1, 0]  # ordered by size; (4, 7) and (12, 5.5) are dominated
+    prune = {"_target_": "genexp.compression.prune.PruningCallback", "final_sparsity": 0.0}
+    assert compression_of({"compression": {"prune": prune}})["baseline"]
+    assert compression_of({"compression": {}})["label"] == "dense"
+    pruned = compression_of({"compression": {"prune": {**prune, "final_sparsity": 0.9}}})
+    assert not pruned["baseline"] and pruned["label"] == "prune 0.9"
+    quantized = compression_of(
+        {"compression": {"prune": prune, "quantize": {"_target_": "q", "mode": "ptq"}}}
+    )
+    assert not quantized["baseline"] and quantized["label"] == "quantize ptq"
+    stray = compression_of(
+        {"compression": {"prune": prune, "quantize": {"mode": "ptq"}}}
+    )  # builds no callback
+    assert stray["baseline"]
+
+
+def test_eval_needs_exactly_one_existing_target(compose_train, capsys: pytest.CaptureFixture) -> None:
+    from genexp.evaluate import evaluate
+
+    for args, fragment in (
+        ([], "exactly one of target="),
+        (["target=a.ckpt", "compare=b"], "exactly one of target="),
+        (["compare=/no/such/folder"], "compare=/no/such/folder: no such file or folder"),
+        (["report.repeats=0", "target=a.ckpt"], "report.repeats=0: expected a positive integer"),
+    ):
+        with pytest.raises(SystemExit) as exit_info:
+            evaluate(compose_train([*EVAL_FAST, *args], config_name="eval"))
+        assert exit_info.value.code == 2 and fragment in capsys.readouterr().err, args
