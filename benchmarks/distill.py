@@ -26,6 +26,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
@@ -90,32 +91,35 @@ def families(args: argparse.Namespace) -> dict[str, Family]:
             "test/fid",
             ["experiment=gan_digits"],
             ["experiment=gan_digits", "model.g_channels=16"],
-            ["compression.distill.alpha=0.5"],
+            ["compression.distill.alpha=0.9", "compression.distill.feature_weight=1.0"],
             "GAN (test FID, domain features)",
         ),
     }
 
 
-def train(out: Path, overrides: list[str], seed: int) -> tuple[dict[str, float], float]:
-    """One genexp-train run in ``out`` (reused when it already finished); its metrics and wall-clock."""
+def train(out: Path, overrides: list[str], seed: int) -> tuple[dict[str, float], str]:
+    """One genexp-train run in ``out``; a finished run there with the same overrides is reused."""
     metrics = out / "metrics.json"
+    command = [*QUIET, *overrides, f"seed={seed}"]
     start = time.perf_counter()
-    if not metrics.is_file():
+    if metrics.is_file():
+        saved = OmegaConf.to_container(OmegaConf.load(out / ".hydra" / "overrides.yaml"))
+        if saved != command:
+            raise SystemExit(f"{out} holds a run with other overrides ({saved}); choose another --out")
+    else:
         env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        command = [
-            sys.executable,
-            "-m",
-            "genexp.train",
-            *QUIET,
-            *overrides,
-            f"seed={seed}",
-            f"hydra.run.dir={out}",
-        ]
-        print("$", " ".join(command[1:]), flush=True)
+        print("$ genexp-train", " ".join(command), flush=True)
         out.parent.mkdir(parents=True, exist_ok=True)
         with (out.parent / f"{out.name}.log").open("w") as log:
-            subprocess.run(command, check=True, env=env, stdout=log, stderr=subprocess.STDOUT)
-    return json.loads(metrics.read_text()), time.perf_counter() - start
+            subprocess.run(
+                [sys.executable, "-m", "genexp.train", *command, f"hydra.run.dir={out}"],
+                check=True,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+    seconds = time.perf_counter() - start
+    return json.loads(metrics.read_text()), "reused" if seconds < 1 else f"{seconds:.0f} s"
 
 
 def best_checkpoint(run: Path) -> Path:
@@ -176,7 +180,7 @@ def main() -> None:
         else:
             teacher_metrics, seconds = train(args.out / f"{name}_teacher", family.teacher, args.seed)
             teacher_ckpt = best_checkpoint(args.out / f"{name}_teacher")
-            wall.append(f"{name} teacher {seconds:.0f} s")
+            wall.append(f"{name} teacher {seconds}")
         teacher_value, teacher_params = teacher_metrics[family.metric], deployable_params(teacher_ckpt)
         students = {"": family.student, **family.extra_students}
         for tag, student in students.items():
@@ -187,7 +191,7 @@ def main() -> None:
                 [*student, "compression=[distill]", f"compression.distill.teacher={teacher_ckpt}", *kd],
                 args.seed,
             )
-            wall.append(f"{name}{suffix} alone {t_alone:.0f} s, with KD {t_kd:.0f} s")
+            wall.append(f"{name}{suffix} alone {t_alone}, with KD {t_kd}")
             a, d = alone[family.metric], distilled[family.metric]
             gap = (a - d) / (a - teacher_value) if a != teacher_value else float("nan")
             params = deployable_params(args.out / f"{name}_alone{suffix}" / "checkpoints" / "last.ckpt")

@@ -34,6 +34,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from omegaconf import OmegaConf
 
+from genexp.build import build_datamodule, build_model
 from genexp.checkpoints import load_checkpoint
 from genexp.compression.schedule import CompressionSchedule
 from genexp.errors import CheckpointError, ConfigError, GenexpError
@@ -55,8 +56,6 @@ def load_teacher(path: str | Path, key: str = "compression.distill.teacher") -> 
     Raises CheckpointError naming ``key`` when the file is missing, not a genexp checkpoint, or its
     saved config and weights do not rebuild a model.
     """
-    from genexp.build import build_datamodule, build_model  # build imports models; keep this module light
-
     checkpoint = load_checkpoint(path, key)
     config = OmegaConf.create(checkpoint[CONFIG_KEY])
     try:
@@ -77,7 +76,7 @@ def load_teacher(path: str | Path, key: str = "compression.distill.teacher") -> 
 
 
 def teacher_metrics(path: str | Path) -> dict[str, float]:
-    """The val/test figures of the teacher run's ``metrics.json`` (``<run>/metrics.json`` next to ``<run>/checkpoints/``), or {}."""
+    """The val/test figures in the teacher run's ``metrics.json`` (next to ``<run>/checkpoints/``), or {}."""
     path = Path(path)
     run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
     file = run / "metrics.json"
@@ -99,8 +98,8 @@ class DistillationCallback(Callback):
 
     Args:
         teacher: path of a genexp checkpoint (``<run>/checkpoints/*.ckpt``) of the same model family.
-        alpha: weight of the KD term at (and after) ``end_epoch`` of the ramp, in [0, 1):
-            the loss is ``(1 - alpha)·task + alpha·KD``.
+        alpha: weight of the KD term, in [0, 1) (reached at ``end_epoch`` when ``initial_alpha``
+            differs): the loss is ``(1 - alpha)·task + alpha·KD``; after ``end_epoch`` it is the task alone.
         initial_alpha: weight at ``start_epoch`` (null: ``alpha``, i.e. constant).
         temperature: softens the teacher's and student's distributions (GPT logits, VAE pixel
             probabilities; the KD term is multiplied by T² to keep its gradient scale).
