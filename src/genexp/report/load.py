@@ -20,7 +20,6 @@ from typing import Any
 
 import lightning as L
 from omegaconf import DictConfig, OmegaConf
-from torch import nn
 
 from genexp.build import build_datamodule, build_model
 from genexp.checkpoints import load_checkpoint, saved_config
@@ -160,18 +159,6 @@ def _load_artifact(path: Path, key: str, data: dict[str, Any] | None) -> Loaded:
     info = {"epoch": float(artifact.get("epoch", -1)), "global_step": float(artifact.get("global_step", -1))}
     folder = path if path.is_dir() else path.parent
     return Loaded("artifact", path, run_folder_of(folder.parent), config, model, datamodule, info)
-
-
-def replace_deployable(model: GenerativeModule, module: nn.Module) -> None:
-    """Put ``module`` where ``model.deployable()`` lives (the child attribute that holds it)."""
-    current = model.deployable()
-    for name, child in model.named_children():
-        if child is current:
-            setattr(model, name, module)
-            return
-    raise GenexpError(
-        f"{type(model).__name__}.deployable() is not a direct child module; cannot swap in an artifact"
-    )
 
 
 def _rebuild(
