@@ -32,10 +32,9 @@ from typing import Any
 import lightning as L
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
-from omegaconf import OmegaConf
 
 from genexp.build import build_datamodule, build_model
-from genexp.checkpoints import load_checkpoint
+from genexp.checkpoints import load_checkpoint, saved_config
 from genexp.compression.schedule import CompressionSchedule
 from genexp.errors import CheckpointError, ConfigError, GenexpError
 from genexp.models.base import CONFIG_KEY, GenerativeModule
@@ -57,7 +56,7 @@ def load_teacher(path: str | Path, key: str = "compression.distill.teacher") -> 
     saved config and weights do not rebuild a model.
     """
     checkpoint = load_checkpoint(path, key)
-    config = OmegaConf.create(checkpoint[CONFIG_KEY])
+    config = saved_config(checkpoint, path, key)  # only trusted _target_s are instantiated
     try:
         datamodule = build_datamodule(config)
         state_key = type(datamodule).__qualname__
