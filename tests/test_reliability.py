@@ -132,3 +132,37 @@ def test_config_from_checkpoint_is_validated_before_instantiation(tmp_path: Path
     }
     with pytest.raises(CheckpointError, match="os.system"):
         saved_config(crafted, tmp_path / "x.ckpt")
+
+
+QAT = [
+    "compression=[quantize]",
+    "compression.quantize.mode=qat",
+    "compression.quantize.start_epoch=1",
+    "compression.quantize.latency_repeats=0",
+    "trainer.max_epochs=5",
+    "test=false",
+    "model.hidden_channels=8",
+    "trainer.limit_train_batches=6",
+]
+
+
+def test_sigkill_during_qat_then_resume_finishes_with_int8_artifact(tmp_path: Path) -> None:
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    whole.mkdir(), killed.mkdir()
+    assert run_cli([*FAST, *QAT], cwd=whole).returncode == 0
+    [reference] = run_dirs(whole)
+
+    proc = _popen([*FAST, *QAT, "hydra.run.dir=outputs/train/runs/victim"], cwd=killed)
+    victim = killed / "outputs" / "train" / "runs" / "victim"
+    _kill_after_epoch(proc, victim / "checkpoints" / "last.ckpt", epoch=2)  # fake-quant is active by then
+    assert proc.returncode == -signal.SIGKILL and not (victim / "quantized").exists()
+
+    resumed = run_cli([*FAST, *QAT, f"ckpt_path={victim}/checkpoints/last.ckpt"], cwd=killed)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    [after] = [d for d in run_dirs(killed) if d != victim]
+    recipe = json.loads((after / "quantized" / "recipe.json").read_text())
+    assert recipe["recipe"]["mode"] == "qat"
+    assert torch.load(after / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4
+    loss_a = json.loads((reference / "metrics.json").read_text())["val/loss"]
+    loss_b = json.loads((after / "metrics.json").read_text())["val/loss"]
+    assert abs(loss_a - loss_b) / loss_a < 0.05, (loss_a, loss_b)
