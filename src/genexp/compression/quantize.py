@@ -288,7 +288,7 @@ def weight_bytes(module: nn.Module, kinds: tuple[type[nn.Module], ...]) -> int:
     keys = [
         k for k in state for n in names if k.rpartition(".")[0] == n and "bias" not in k.rpartition(".")[2]
     ]
-    return serialized_bytes({k: state[k] for k in keys})
+    return serialized_bytes({k: state[k] for k in keys}) if keys else 0
 
 
 def _wraps(module: nn.Module, kinds: tuple[type[nn.Module], ...]) -> bool:
@@ -330,7 +330,7 @@ class QuantizationCallback(Callback):
     def __init__(
         self,
         mode: str = "ptq",
-        scheme: str = "int8_dynamic",
+        scheme: str = "int8_weight_only",
         dtype: str = "bfloat16",
         conv: str = "int8_weight_only",
         start_epoch: int = 0,
@@ -377,9 +377,7 @@ class QuantizationCallback(Callback):
         self.targets: dict[str, nn.Module] = {}
         self.fake_quant_epoch: int | None = None  # the epoch QAT's fake quantization started in this fit
         self.report: dict[str, Any] = {}
-        self.quantized: nn.Module | None = (
-            None  # the quantized copy written at fit end (for scripts and tests)
-        )
+        self.quantized: nn.Module | None = None  # the fit-end quantized copy (scripts, tests)
 
     @property
     def linears(self) -> list[str]:
@@ -489,7 +487,7 @@ class QuantizationCallback(Callback):
             "ratios": {
                 k: before[k] / after[k]
                 for k in ("bytes_dense", "linear_weight_bytes", "conv_weight_bytes", "latency_ms")
-                if after.get(k)
+                if after.get(k) and before.get(k)
             },
             "zero_fraction": {
                 "before": zero_fraction(float_net, names),
