@@ -11,6 +11,7 @@ import pytest
 
 from conftest import FAST, run_cli
 from genexp.compression.measure import cpu_latency_ms, measure
+from genexp.errors import GenexpError
 from genexp.report.compare import compare_runs
 from genexp.report.family import compression_of
 from genexp.report.load import load_any
@@ -192,3 +193,35 @@ def test_eval_needs_exactly_one_existing_target(compose_train, capsys: pytest.Ca
         with pytest.raises(SystemExit) as exit_info:
             evaluate(compose_train([*EVAL_FAST, *args], config_name="eval"))
         assert exit_info.value.code == 2 and fragment in capsys.readouterr().err, args
+
+
+def test_an_artifact_plugs_in_through_load_deployable(
+    sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract for quantize.py: ``load_deployable(path)`` returns the module that replaces deployable()."""
+    import sys
+    import types
+
+    import torch
+
+    from genexp.report.measure_run import describe, size_of
+
+    run = tmp_path / "run"
+    shutil.copytree(sweep / "1", run)
+    shipped = load_any(run).model.deployable().half()  # stands in for a quantized network
+    torch.save(shipped, run / "deployable.pt")
+    fake = types.ModuleType("genexp.compression.quantize")
+    fake.load_deployable = lambda path: torch.load(path, weights_only=False)  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "genexp.compression.quantize", fake)
+
+    loaded = load_any(run)  # a run folder with an artifact: the artifact is what ships
+    assert loaded.kind == "artifact" and loaded.path == run / "deployable.pt"
+    assert next(loaded.model.deployable().parameters()).dtype == torch.float16
+    assert size_of(loaded)["bytes"] == (run / "deployable.pt").stat().st_size
+    assert describe(loaded)["compression"] == "prune 0.8 + quantized artifact"
+    assert not describe(loaded)["baseline"]
+
+    fake.load_deployable = lambda path: torch.load(path, weights_only=True)  # type: ignore[attr-defined]
+    (run / "deployable.pt").write_bytes(b"corrupt")
+    with pytest.raises(GenexpError, match=f"target={run / 'deployable.pt'}: not a readable genexp artifact"):
+        load_any(run)
