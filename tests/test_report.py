@@ -11,6 +11,7 @@ import pytest
 
 from conftest import FAST, run_cli
 from genexp.compression.measure import cpu_latency_ms, measure
+from genexp.errors import GenexpError
 from genexp.report.compare import compare_runs
 from genexp.report.family import compression_of
 from genexp.report.load import load_any
@@ -192,3 +193,28 @@ def test_eval_needs_exactly_one_existing_target(compose_train, capsys: pytest.Ca
         with pytest.raises(SystemExit) as exit_info:
             evaluate(compose_train([*EVAL_FAST, *args], config_name="eval"))
         assert exit_info.value.code == 2 and fragment in capsys.readouterr().err, args
+
+
+def test_a_quantized_artifact_is_what_a_run_ships(compose_train, tmp_path: Path) -> None:
+    """A run folder with ``quantized/`` (compression=[prune,quantize]) is measured through its int8 artifact."""
+
+    from genexp.report.measure_run import describe, size_of
+    from genexp.train import train
+
+    cfg = compose_train([*TINY, "test=false", "compression=[prune,quantize]", "compression.prune.end_epoch=0",
+                         "compression.prune.final_sparsity=0.5", "compression.quantize.latency_repeats=0"])
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    (run / ".hydra").mkdir(exist_ok=True)
+    (run / ".hydra" / "config.yaml").write_text("model: {}\n")  # what Hydra writes for a CLI run
+    loaded = load_any(run)
+    assert loaded.kind == "artifact" and loaded.path == run / "quantized"
+    assert size_of(loaded)["bytes"] == (run / "quantized" / "deployable.pt").stat().st_size
+    assert describe(loaded)["compression"] == "prune 0.5 + quantize ptq int8_weight_only" and not describe(loaded)["baseline"]
+    assert loaded.model.deployable()(loaded.model.example_input(2)).isfinite().all()
+    dense = load_any(run / "checkpoints" / "last.ckpt")
+    assert size_of(loaded)["bytes"] < size_of(dense)["bytes_dense"]
+
+    (run / "quantized" / "deployable.pt").write_bytes(b"corrupt")
+    with pytest.raises(GenexpError, match="not a readable deployable artifact"):
+        load_any(run)

@@ -181,6 +181,5 @@ def _skip(skipped: list[dict[str, str]], path: Path, err: BaseException) -> None
 
 
 def _title(rows: list[dict[str, Any]], baseline: dict[str, Any] | None) -> str:
-    model = rows[0]["model"]
-    base = f"baseline {baseline['run']}" if baseline else "no dense baseline"
-    return f"{model}: {rows[0]['quality_metric']} vs size and CPU latency ({len(rows)} runs, {base})"
+    base = f"star = dense baseline ({baseline['run']})" if baseline else "no dense baseline"
+    return f"{rows[0]['model']}: quality vs size and CPU latency, {len(rows)} runs; {base}"

@@ -61,7 +61,9 @@ def compression_of(config: dict[str, Any]) -> dict[str, Any]:
     sparsity = float(prune.get("final_sparsity", 0.0)) if isinstance(prune, dict) else None
     mode = None
     if isinstance(quantize, dict):
-        mode = " ".join(str(quantize[k]) for k in ("dtype", "scheme", "mode") if quantize.get(k)) or "on"
+        kind = str(quantize.get("mode") or "on")
+        detail = quantize.get("dtype") if kind == "half" else quantize.get("scheme")
+        mode = f"{kind} {detail}" if detail else kind  # e.g. "ptq int8_weight_only", "half bfloat16"
     distill = isinstance(chosen.get("distill"), dict)
     parts = []
     if sparsity:

@@ -13,7 +13,6 @@ What a path is, is decided by what it holds:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,16 +40,6 @@ class Loaded:
     model: GenerativeModule
     datamodule: L.LightningDataModule
     info: dict[str, float] = field(default_factory=dict)  # checkpoint epoch and step
-
-    @property
-    def compression(self) -> dict[str, Any]:
-        """The run's ``compression.json`` ({} when it has none)."""
-        if self.run_dir is None or not (self.run_dir / "compression.json").is_file():
-            return {}
-        try:
-            return json.loads((self.run_dir / "compression.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}
 
 
 def is_run_folder(path: Path) -> bool:

@@ -85,7 +85,8 @@ def test_quality(
 def size_of(loaded: Loaded) -> dict[str, float]:
     """Parameters, non-zeros, sparsity, dense/sparse/shipped bytes of ``deployable()`` and the file's bytes."""
     numbers = measure(loaded.model.deployable().cpu(), None, repeats=0)
-    file_bytes = loaded.path.stat().st_size
+    file = loaded.path / "deployable.pt" if loaded.path.is_dir() else loaded.path  # an artifact folder ships its .pt
+    file_bytes = file.stat().st_size
     shipped = (
         file_bytes if loaded.kind == "artifact" else min(numbers["bytes_dense"], numbers["bytes_sparse"])
     )
