@@ -39,8 +39,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("l1_unstructured", "random_unstructured", "ln_structured")
 SCOPES = ("global", "layer")
-DEFAULT_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Linear,
+CONV_TYPES: tuple[type[nn.Module], ...] = (
     nn.Conv1d,
     nn.Conv2d,
     nn.Conv3d,
@@ -48,6 +47,7 @@ DEFAULT_TYPES: tuple[type[nn.Module], ...] = (
     nn.ConvTranspose2d,
     nn.ConvTranspose3d,
 )
+DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, *CONV_TYPES)
 PARAM = "weight"
 
 

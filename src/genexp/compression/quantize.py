@@ -61,6 +61,7 @@ from torch.nn.utils import prune
 
 from genexp.compression.measure import deployable_state_dict, measure, serialized_bytes, values_of
 from genexp.compression.prune import (
+    CONV_TYPES,
     PruningCallback,
     _patterns,
     deployable_of,
@@ -83,14 +84,7 @@ UNSUPPORTED_SCHEMES = {  # known names, refused with the reason
 }
 CONV_SCHEMES = ("int8_weight_only", "none")
 DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
-CONVS: tuple[type[nn.Module], ...] = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
+CONVS = CONV_TYPES  # the layer kinds quantized through Int8WeightConv
 ARTIFACT_DIR, ARTIFACT_FILE, CONTEXT_FILE, RECIPE_FILE = (
     "quantized",
     "deployable.pt",
