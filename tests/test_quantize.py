@@ -65,6 +65,7 @@ def test_qat_fake_quant_from_start_epoch_and_artifact_round_trips_in_a_fresh_pro
             "trainer.max_epochs=2",
             "compression=[quantize]",
             "compression.quantize.mode=qat",
+            "compression.quantize.scheme=int8_dynamic",
             "compression.quantize.start_epoch=1",
             "compression.quantize.latency_repeats=0",
         ]
@@ -103,6 +104,13 @@ def test_qat_fake_quant_from_start_epoch_and_artifact_round_trips_in_a_fresh_pro
         [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120
     )
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+
+    # and genexp-eval tests it like a checkpoint
+    args = [f"ckpt_path={run / 'quantized'}", "callbacks.sample_quality=null", "trainer.limit_test_batches=2"]
+    done = run_cli([*args, "trainer.enable_progress_bar=false"], cwd=tmp_path, module="genexp.evaluate")
+    assert done.returncode == 0, done.stderr[-2000:]
+    [metrics] = (tmp_path / "outputs" / "eval").rglob("metrics.json")
+    assert json.loads(metrics.read_text())["test/nelbo"] > 0
 
 
 @pytest.mark.parametrize("order", ["prune,quantize", "quantize,prune"])
