@@ -2,7 +2,8 @@
 
 Every metric is read from the test stage ``genexp-eval`` runs (lower is better for each ``primary``):
 
-- VAE: negative ELBO per image in nats (``test/nelbo``), with its reconstruction and KL terms;
+- VAE: negative ELBO per image in nats (``test/nelbo``), with its reconstruction and KL terms (and the
+  samples' domain FID and class coverage when ``callbacks.sample_quality`` ran);
 - GAN: domain-classifier FID of 1,000 samples against the test split (``test/fid``, from
   ``genexp.metrics.callback.SampleQuality``), with the number of digit classes covered;
 - GPT: held-out loss in nats per character (``test/loss``; the text test split is the validation
@@ -27,7 +28,10 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "VAE": Family(
-        "vae", "test/nelbo", "test negative ELBO (nats/image)", ("test/nelbo", "test/recon", "test/kl")
+        "vae",
+        "test/nelbo",
+        "test negative ELBO (nats/image)",
+        ("test/nelbo", "test/recon", "test/kl", "test/fid", "test/classes_covered"),
     ),
     "GAN": Family(
         "gan", "test/fid", "domain FID vs test split (lower is better)", ("test/fid", "test/classes_covered")

@@ -32,18 +32,33 @@ def frontier(points: Sequence[tuple[float, float]]) -> list[int]:
 def _panel(ax: Any, xs: list[float], ys: list[float], rows: Sequence[dict[str, Any]], xlabel: str) -> None:
     on_front = frontier(list(zip(xs, ys, strict=True)))
     fx, fy = [xs[i] for i in on_front], [ys[i] for i in on_front]
-    ax.step(fx, fy, where="post", color="tab:orange", linewidth=1.5, label="Pareto frontier", zorder=1)
     others = [i for i in range(len(xs)) if not rows[i]["is_baseline"]]
     ax.scatter(
         [xs[i] for i in others], [ys[i] for i in others], s=36, color="tab:blue", label="runs", zorder=2
     )
-    ax.scatter(fx, fy, s=90, facecolors="none", edgecolors="tab:orange", linewidths=1.5, zorder=3)
     for i, row in enumerate(rows):
         if row["is_baseline"]:
-            ax.scatter([xs[i]], [ys[i]], marker="*", s=260, color="tab:red", label="dense baseline", zorder=4)
+            ax.scatter([xs[i]], [ys[i]], marker="*", s=260, color="tab:red", label="dense baseline", zorder=3)
         ax.annotate(row["short"], (xs[i], ys[i]), textcoords="offset points", xytext=(6, 5), fontsize=8)
+    ax.scatter(fx, fy, s=110, facecolors="none", edgecolors="tab:orange", linewidths=1.8, zorder=5)
     if max(xs) > 8 * min(xs) > 0:
         ax.set_xscale("log")
+    else:  # show at least +-5% around the values: differences smaller than that are noise, not a trade-off
+        middle, half = (max(xs) + min(xs)) / 2, max((max(xs) - min(xs)) * 0.6, 0.05 * max(xs))
+        ax.set_xlim(middle - half, middle + half)
+    (x_low, x_high), (y_low, y_high) = ax.get_xlim(), ax.get_ylim()
+    # The staircase bounding the dominated region, extended to the plot's edges (visible for a single point too).
+    ax.step(
+        [fx[0], *fx, x_high],
+        [y_high, *fy, fy[-1]],
+        where="post",
+        color="tab:orange",
+        linewidth=1.5,
+        label="Pareto frontier",
+        zorder=1,
+    )
+    ax.set_xlim(x_low, x_high)
+    ax.set_ylim(y_low, y_high)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(rows[0]["quality_label"])
     ax.grid(True, alpha=0.3)

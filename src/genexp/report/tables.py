@@ -85,7 +85,7 @@ def compare_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, Any]]:
         ("x base", lambda r: _ratio(r.get("bytes_ratio"))),
         (f"CPU ms (batch {rows[0]['batch_size']})", lambda r: f"{r['latency_ms']:.2f}"),
         ("x base", lambda r: _ratio(r.get("latency_ratio"))),
-        ("samples/s", lambda r: fmt(round(r["throughput_per_s"], 1))),
+        ("samples/s", lambda r: f"{r['throughput_per_s']:,.0f}"),
     ]
     if any("gpu_latency_ms" in r for r in rows):
         columns.append(("GPU ms", lambda r: f"{r['gpu_latency_ms']:.3f}" if "gpu_latency_ms" in r else "-"))
