@@ -60,28 +60,37 @@ def _sparsity(run: Path) -> float:
     return json.loads((run / "compression.json").read_text())["achieved_sparsity"]
 
 
-def test_sigkill_mid_schedule_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+def _kill_and_resume(args: list[str], tmp_path: Path) -> tuple[Path, Path, Path]:
+    """An uninterrupted run, and the same run SIGKILLed inside epoch 3 then resumed from its last.ckpt.
+
+    Returns (uninterrupted run, killed run, resumed run) folders.
+    """
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     whole.mkdir(), killed.mkdir()
-    assert run_cli([*FAST, *PRUNE], cwd=whole).returncode == 0
+    assert run_cli([*FAST, *args], cwd=whole).returncode == 0
     [reference] = run_dirs(whole)
 
-    proc = _popen([*FAST, *PRUNE, "hydra.run.dir=outputs/train/runs/victim"], cwd=killed)
+    proc = _popen([*FAST, *args, "hydra.run.dir=outputs/train/runs/victim"], cwd=killed)
     victim = killed / "outputs" / "train" / "runs" / "victim"
     _kill_after_epoch(proc, victim / "checkpoints" / "last.ckpt", epoch=2)
     assert proc.returncode == -signal.SIGKILL
-    saved = torch.load(victim / "checkpoints" / "last.ckpt", weights_only=True)
-    assert 2 <= saved["epoch"] < 5, "killed mid-schedule"
 
-    resumed = run_cli([*FAST, *PRUNE, f"ckpt_path={victim}/checkpoints/last.ckpt"], cwd=killed)
+    resumed = run_cli([*FAST, *args, f"ckpt_path={victim}/checkpoints/last.ckpt"], cwd=killed)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     [after] = [d for d in run_dirs(killed) if d != victim]
-    assert _sparsity(after) == pytest.approx(_sparsity(reference), abs=1e-6) == pytest.approx(0.6, abs=5e-3)
-    final = torch.load(after / "checkpoints" / "last.ckpt", weights_only=True)
-    assert final["epoch"] == 5 and final["global_step"] == 6 * 6
     loss_a = json.loads((reference / "metrics.json").read_text())["val/loss"]
     loss_b = json.loads((after / "metrics.json").read_text())["val/loss"]
     assert abs(loss_a - loss_b) / loss_a < 0.05, (loss_a, loss_b)
+    return reference, victim, after
+
+
+def test_sigkill_mid_schedule_then_resume_matches_uninterrupted_run(tmp_path: Path) -> None:
+    reference, victim, after = _kill_and_resume(PRUNE, tmp_path)
+    saved = torch.load(victim / "checkpoints" / "last.ckpt", weights_only=True)
+    assert 2 <= saved["epoch"] < 5, "killed mid-schedule"
+    assert _sparsity(after) == pytest.approx(_sparsity(reference), abs=1e-6) == pytest.approx(0.6, abs=5e-3)
+    final = torch.load(after / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["epoch"] == 5 and final["global_step"] == 6 * 6
 
 
 WRITER = """
@@ -147,22 +156,8 @@ QAT = [
 
 
 def test_sigkill_during_qat_then_resume_finishes_with_int8_artifact(tmp_path: Path) -> None:
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
-    whole.mkdir(), killed.mkdir()
-    assert run_cli([*FAST, *QAT], cwd=whole).returncode == 0
-    [reference] = run_dirs(whole)
-
-    proc = _popen([*FAST, *QAT, "hydra.run.dir=outputs/train/runs/victim"], cwd=killed)
-    victim = killed / "outputs" / "train" / "runs" / "victim"
-    _kill_after_epoch(proc, victim / "checkpoints" / "last.ckpt", epoch=2)  # fake-quant is active by then
-    assert proc.returncode == -signal.SIGKILL and not (victim / "quantized").exists()
-
-    resumed = run_cli([*FAST, *QAT, f"ckpt_path={victim}/checkpoints/last.ckpt"], cwd=killed)
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    [after] = [d for d in run_dirs(killed) if d != victim]
+    _, victim, after = _kill_and_resume(QAT, tmp_path)  # killed in epoch 3: fake-quant active since epoch 1
+    assert not (victim / "quantized").exists(), "the killed run never reached fit end"
     recipe = json.loads((after / "quantized" / "recipe.json").read_text())
     assert recipe["recipe"]["mode"] == "qat"
     assert torch.load(after / "checkpoints" / "last.ckpt", weights_only=True)["epoch"] == 4
-    loss_a = json.loads((reference / "metrics.json").read_text())["val/loss"]
-    loss_b = json.loads((after / "metrics.json").read_text())["val/loss"]
-    assert abs(loss_a - loss_b) / loss_a < 0.05, (loss_a, loss_b)
