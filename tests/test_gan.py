@@ -121,11 +121,16 @@ def _fit(model: GAN, callbacks: list[Callback], epochs: int = 2, batches: int = 
     return trainer
 
 
+def _tiny_gan(**kwargs) -> GAN:
+    """A GAN on 8x8 digits small enough to fit a few batches in a test."""
+    return GAN(
+        image_shape=(1, 8, 8), latent_dim=8, g_channels=8, d_channels=8, sample_every_n_epochs=0, **kwargs
+    )
+
+
 def test_the_two_optimizers_step_independently() -> None:
     recorder = _StepRecorder()
-    model = GAN(
-        image_shape=(1, 8, 8), latent_dim=8, g_channels=8, d_channels=8, d_steps=2, sample_every_n_epochs=0
-    )
+    model = _tiny_gan(d_steps=2)
     _fit(model, [recorder], epochs=1, batches=4)
     assert [name for name, _, _ in recorder.steps] == ["D", "D", "G", "D", "D", "G"]  # d_steps=2
     for name, g_changed, d_changed in recorder.steps:
@@ -143,16 +148,11 @@ def test_each_optimizer_has_its_own_scheduler_and_both_step() -> None:
         "scheduler": partial(torch.optim.lr_scheduler.StepLR, step_size=1, gamma=0.9),
         "interval": "step",
     }
-    model = GAN(
-        image_shape=(1, 8, 8),
-        latent_dim=8,
-        g_channels=8,
-        d_channels=8,
+    model = _tiny_gan(
         optimizer=partial(torch.optim.Adam, lr=lr),
         scheduler=epoch_decay,
         optimizer_d=partial(torch.optim.SGD, lr=lr),
         scheduler_d=step_decay,
-        sample_every_n_epochs=0,
     )
     trainer = _fit(model, [], epochs=2, batches=3)
     opt_g, opt_d = trainer.optimizers
@@ -161,14 +161,9 @@ def test_each_optimizer_has_its_own_scheduler_and_both_step() -> None:
     assert math.isclose(opt_d.param_groups[0]["lr"], lr * 0.9**6)  # per D step, 6 steps
 
     # scheduler_d: null means D gets its own instance of G's schedule
-    model = GAN(
-        image_shape=(1, 8, 8),
-        latent_dim=8,
-        g_channels=8,
-        d_channels=8,
+    model = _tiny_gan(
         optimizer=partial(torch.optim.Adam, lr=lr),
         scheduler=epoch_decay,
-        sample_every_n_epochs=0,
     )
     trainer = _fit(model, [], epochs=2, batches=3)
     assert [o.param_groups[0]["lr"] for o in trainer.optimizers] == pytest.approx([lr * 0.25, lr * 0.25])
@@ -182,14 +177,9 @@ def test_each_optimizer_has_its_own_scheduler_and_both_step() -> None:
         "interval": "epoch",
         "monitor": "val/d_real",
     }
-    model = GAN(
-        image_shape=(1, 8, 8),
-        latent_dim=8,
-        g_channels=8,
-        d_channels=8,
+    model = _tiny_gan(
         optimizer=partial(torch.optim.Adam, lr=lr),
         scheduler=plateau,
-        sample_every_n_epochs=0,
     )
     trainer = _fit(model, [], epochs=3, batches=2)
     assert [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs] == [3, 3]
@@ -197,14 +187,9 @@ def test_each_optimizer_has_its_own_scheduler_and_both_step() -> None:
 
 
 def test_ema_generator_samples_and_ships() -> None:
-    model = GAN(
-        image_shape=(1, 8, 8),
-        latent_dim=8,
-        g_channels=8,
-        d_channels=8,
+    model = _tiny_gan(
         ema_decay=0.9,
         loss="hinge",
-        sample_every_n_epochs=0,
     )
     _fit(model, [], epochs=1, batches=4)
     assert model.deployable() is model.generator_ema
