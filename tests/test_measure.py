@@ -87,3 +87,48 @@ def test_latency_is_a_positive_median_and_keeps_the_mode() -> None:
     numbers = measure(model, torch.randn(8, 256), repeats=5, warmup=1)
     assert numbers["latency_ms"] > 0 and model.training
     assert "latency_ms" not in measure(model)
+
+
+def test_pruned_int8_weights_keep_both_savings_and_round_trip() -> None:
+    """A torchao Int8Tensor is stored through its inner tensors: pruned zeros cost a bit, non-zeros a byte."""
+    import pytest
+    from torchao.quantization import Int8DynamicActivationInt8WeightConfig, Int8WeightOnlyConfig, quantize_
+
+    x = torch.randn(4, 256)
+    for config in (Int8WeightOnlyConfig(), Int8DynamicActivationInt8WeightConfig()):
+        pruned, dense = mlp(), mlp()
+        for layer in (pruned[0], pruned[2]):
+            prune.l1_unstructured(layer, "weight", amount=0.8)
+            prune.remove(layer, "weight")
+        quantize_(pruned, config)
+        quantize_(dense, config)
+        state = deployable_state_dict(pruned)
+        sparse = sparse_state_dict(state)
+        entry = sparse["0.weight"]
+        assert entry["subclass"] == "torchao.quantization.Int8Tensor"
+        assert isinstance(entry["inner"]["qdata"], dict)  # the int8 values went into the bitmask format
+        restored = load_sparse_state_dict(sparse)
+        assert type(restored["0.weight"]) is type(state["0.weight"])
+        assert torch.equal(restored["0.weight"].dequantize(), state["0.weight"].dequantize())
+        fresh = mlp()
+        quantize_(fresh, config)
+        fresh.load_state_dict(restored, assign=True)
+        assert torch.equal(fresh(x), pruned(x))
+
+        int8_dense = serialized_bytes(deployable_state_dict(dense))
+        float_sparse = measure(mlp_pruned_float())["bytes_sparse"]
+        int8_sparse = measure(pruned)["bytes_sparse"]
+        assert int8_sparse == serialized_bytes(sparse)
+        # 80% zeros: ~numel/8 + 0.2 numel bytes against numel (int8) and numel/8 + 0.8 numel (float, sparse)
+        assert int8_sparse < 0.45 * int8_dense and int8_sparse < 0.5 * float_sparse
+
+    sparse["0.weight"]["subclass"] = "os.system"
+    with pytest.raises(ValueError, match="not one of torchao's"):
+        load_sparse_state_dict(sparse)
+
+
+def mlp_pruned_float() -> nn.Sequential:
+    model = mlp()
+    for layer in (model[0], model[2]):
+        prune.l1_unstructured(layer, "weight", amount=0.8)
+    return model

@@ -233,3 +233,44 @@ def test_a_quantized_artifact_is_what_a_run_ships(compose_train, tmp_path: Path)
     (run / "quantized" / "deployable.pt").write_bytes(b"corrupt")
     with pytest.raises(GenexpError, match="not a readable deployable artifact"):
         load_any(run)
+
+
+def test_gpt_sweep_recipe_is_eight_runs_and_int8_compounds_with_pruning(tmp_path: Path) -> None:
+    """experiment=gpt_compress_sweep as a user runs it (shrunk): 4 sparsities x {none, int8 PTQ}, then compared."""
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("to be, or not to be: that is the question.\n" * 300, encoding="utf-8")
+    shrink = [
+        f"data.path={corpus}",
+        "data.download=false",
+        "data.block_size=16",
+        "data.batch_size=8",
+        "data.val_batches=2",
+        "model.n_layer=2",
+        "model.n_head=2",
+        "model.n_embd=64",
+        "model.num_samples=0",
+        "compression.prune.start_epoch=0",
+        "compression.prune.end_epoch=0",
+        "compression.prune.latency_repeats=2",
+        "++compression.quantize.latency_repeats=2",  # only the int8 jobs have a quantize node
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=3",
+        "trainer.enable_model_summary=false",
+        "hydra.callbacks.compare_sweep.overrides=['report.repeats=4','trainer.enable_progress_bar=false']",
+    ]
+    result = run_cli(["-m", "experiment=gpt_compress_sweep", *shrink], cwd=tmp_path, env=PASSIVE, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    [sweep_dir] = list((tmp_path / "outputs" / "train" / "multiruns").iterdir())
+    report = json.loads((sweep_dir / "compare" / "report.json").read_text())
+    rows = {r["short"]: r for r in report["runs"]}
+    assert sorted(rows) == sorted(["dense", "int8", "50%", "50%+int8", "80%", "80%+int8", "90%", "90%+int8"])
+    assert report["skipped"] == [] and rows["dense"]["is_baseline"] and report["quality_metric"] == "test/loss"
+    for sparsity in ("50%", "80%", "90%"):
+        pruned, both = rows[sparsity], rows[f"{sparsity}+int8"]
+        assert both["kind"] == "artifact" and both["target"].endswith("quantized")
+        # the shipped int8 artifact keeps the pruned zeros in the bitmask format: smaller than either alone
+        assert both["bytes"] == both["file_bytes"] < min(pruned["bytes"], rows["int8"]["bytes"]), sparsity
+        assert both["nonzero"] <= pruned["nonzero"]
+    assert rows["90%+int8"]["bytes"] < rows["80%+int8"]["bytes"] < rows["50%+int8"]["bytes"]
+    table = (sweep_dir / "compare" / "report.md").read_text()
+    assert table.count("prune 0.9 + quantize ptq int8_weight_only") == 1 and table.count("\n| ") == 9

@@ -14,15 +14,22 @@ Sparse format (``sparse_state_dict``), chosen per tensor, whichever is smaller:
   non-zero elements in the same order. A float32 tensor costs ``numel / 8 + 4 * nnz`` bytes, so it pays
   off below ~97% density; at 80% sparsity it is ~0.23x the dense size.
 
-``load_sparse_state_dict`` turns it back into an ordinary state dict.
+Integer weights take the same bitmask (an int8 tensor pays off below 87.5% density), and a quantized
+tensor subclass (torchao's ``Int8Tensor``) is taken apart through the subclass protocol
+(``__tensor_flatten__``) into ``{"subclass": "<module>.<class>", "inner": {name: entry}, "ctx": ...,
+"shape": [...], "stride": [...]}``, each inner tensor (int8 ``qdata``, ``scale``...) encoded as above. So a
+pruned, then int8-quantized network keeps both savings: its zeros cost a bit each, its non-zeros a byte.
 
-Quantized weights count too: a torchao tensor subclass (``Int8Tensor``) is measured through its
-``dequantize()`` values and serialized as it is (never re-encoded sparse), and int8 buffers (the
-``Int8WeightConv`` weights of ``quantize.py``) count as parameters.
+``load_sparse_state_dict`` turns it back into an ordinary state dict (subclasses rebuilt with
+``__tensor_unflatten__``; only torchao's classes are accepted).
+
+Quantized weights count too: a torchao tensor subclass is measured through its ``dequantize()`` values, and
+int8 buffers (the ``Int8WeightConv`` weights of ``quantize.py``) count as parameters.
 """
 
 from __future__ import annotations
 
+import importlib
 import io
 import statistics
 import time
@@ -33,6 +40,7 @@ import torch
 from torch import nn
 
 SparseEntry = dict[str, Any]
+TRUSTED_SUBCLASS_MODULES = ("torchao.",)
 _BITS = torch.tensor([128, 64, 32, 16, 8, 4, 2, 1], dtype=torch.uint8)
 
 
@@ -82,38 +90,60 @@ def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
 
 
 def sparse_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | SparseEntry]:
-    """Each floating tensor as bitmask + non-zero values where that is smaller, else dense."""
-    out: dict[str, torch.Tensor | SparseEntry] = {}
-    for key, tensor in folded_state_dict(state_dict).items():
-        tensor = tensor.detach().cpu()
-        if is_plain(tensor) and tensor.is_floating_point() and tensor.numel() > 0:
-            nonzero = tensor != 0
-            nnz = int(nonzero.sum())
-            sparse_cost = (tensor.numel() + 7) // 8 + nnz * tensor.element_size()
-            if sparse_cost < tensor.numel() * tensor.element_size():
-                out[key] = {
-                    "shape": list(tensor.shape),
-                    "bitmask": pack_bits(nonzero),
-                    "values": tensor[nonzero].clone(),
-                }
-                continue
-        out[key] = tensor.clone()
-    return out
+    """Each floating or int8 tensor as bitmask + non-zero values where that is smaller, else as it is;
+    quantized subclasses through their inner tensors."""
+    return {
+        key: _encode(tensor.detach().cpu()) for key, tensor in folded_state_dict(state_dict).items()
+    }
+
+
+def _encode(tensor: torch.Tensor) -> torch.Tensor | SparseEntry:
+    if not is_plain(tensor) and hasattr(tensor, "__tensor_flatten__"):
+        names, ctx = tensor.__tensor_flatten__()
+        cls = type(tensor)
+        return {
+            "subclass": f"{cls.__module__}.{cls.__qualname__}",
+            "inner": {name: _encode(getattr(tensor, name)) for name in names},
+            "ctx": ctx,
+            "shape": list(tensor.shape),
+            "stride": list(tensor.stride()),
+        }
+    if is_plain(tensor) and _sparse_dtype(tensor) and tensor.numel() > 0:
+        nonzero = tensor != 0
+        nnz = int(nonzero.sum())
+        if (tensor.numel() + 7) // 8 + nnz * tensor.element_size() < tensor.numel() * tensor.element_size():
+            return {"shape": list(tensor.shape), "bitmask": pack_bits(nonzero), "values": tensor[nonzero].clone()}
+    return tensor.clone()
+
+
+def _sparse_dtype(tensor: torch.Tensor) -> bool:
+    return tensor.is_floating_point() or tensor.dtype == torch.int8
 
 
 def load_sparse_state_dict(sparse: Mapping[str, torch.Tensor | SparseEntry]) -> dict[str, torch.Tensor]:
-    """An ordinary state dict from ``sparse_state_dict``'s format."""
-    out: dict[str, torch.Tensor] = {}
-    for key, entry in sparse.items():
-        if isinstance(entry, torch.Tensor):
-            out[key] = entry
-            continue
-        shape = torch.Size(entry["shape"])
-        flags = unpack_bits(entry["bitmask"], shape.numel())
-        dense = entry["values"].new_zeros(shape.numel())
-        dense[flags] = entry["values"]
-        out[key] = dense.view(shape)
-    return out
+    """An ordinary state dict from ``sparse_state_dict``'s format (plain tensors pass through).
+
+    Raises:
+        ValueError: an entry names a tensor subclass outside torchao.
+    """
+    return {key: _decode(entry) for key, entry in sparse.items()}
+
+
+def _decode(entry: torch.Tensor | SparseEntry) -> torch.Tensor:
+    if isinstance(entry, torch.Tensor):
+        return entry
+    if "subclass" in entry:
+        module_name, _, class_name = entry["subclass"].rpartition(".")
+        if not module_name.startswith(TRUSTED_SUBCLASS_MODULES):
+            raise ValueError(f"tensor subclass {entry['subclass']} is not one of torchao's")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        inner = {name: _decode(value) for name, value in entry["inner"].items()}
+        return cls.__tensor_unflatten__(inner, entry["ctx"], torch.Size(entry["shape"]), tuple(entry["stride"]))
+    shape = torch.Size(entry["shape"])
+    flags = unpack_bits(entry["bitmask"], shape.numel())
+    dense = entry["values"].new_zeros(shape.numel())
+    dense[flags] = entry["values"]
+    return dense.view(shape)
 
 
 def is_plain(tensor: torch.Tensor) -> bool:

@@ -33,7 +33,9 @@ The deployable artifact (``<run>/quantized/``):
 - ``deployable.pt``: ``torch.save`` of a dict: ``format``, ``genexp_config`` (the run config),
   ``model_kwargs`` (what the data module told the model), the data module state, ``attribute`` (where
   the deployable sits in the LightningModule), ``recipe`` (mode, scheme, dtype, per-layer ``how``) and
-  ``state_dict`` (the quantized deployable; torchao ``Int8Tensor`` weights, int8 conv buffers);
+  ``state_dict`` (the quantized deployable, torchao ``Int8Tensor`` weights and int8 conv buffers, in
+  ``measure.sparse_state_dict``'s format: a pruned layer's int8 zeros cost one bit each, so pruning and
+  quantization compound on disk);
 - ``context.pt``: the LightningModule's other weights (a GAN's discriminator), only for ``genexp-eval``;
 - ``recipe.json``: the same recipe and config, human-readable.
 
@@ -59,7 +61,14 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.nn.utils import prune
 
-from genexp.compression.measure import deployable_state_dict, measure, serialized_bytes, values_of
+from genexp.compression.measure import (
+    deployable_state_dict,
+    load_sparse_state_dict,
+    measure,
+    serialized_bytes,
+    sparse_state_dict,
+    values_of,
+)
 from genexp.compression.prune import (
     CONV_TYPES,
     PruningCallback,
@@ -91,7 +100,8 @@ ARTIFACT_DIR, ARTIFACT_FILE, CONTEXT_FILE, RECIPE_FILE = (
     "context.pt",
     "recipe.json",
 )
-FORMAT = "genexp-deployable/1"
+FORMAT = "genexp-deployable/2"  # /2: state_dict in the sparse bitmask format
+READABLE_FORMATS = ("genexp-deployable/1", FORMAT)
 
 
 # ----- the conv path: int8 weights, one scale per output channel ------------------------------------
@@ -541,7 +551,7 @@ def save_deployable(
         "recipe": recipe,
         "epoch": getattr(trainer, "current_epoch", -1),
         "global_step": getattr(trainer, "global_step", -1),
-        "state_dict": {k: v.detach().cpu() for k, v in quantized.state_dict().items()},
+        "state_dict": sparse_state_dict(quantized.state_dict()),
     }
     torch.save(artifact, folder / ARTIFACT_FILE)
     prefix = f"{attribute}." if attribute else ""
@@ -583,9 +593,10 @@ def read_artifact(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001  (any unpickling failure means the same to the user)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(f"{key}={file}: not a readable deployable artifact: {first}") from err
-    if not isinstance(artifact, dict) or artifact.get("format") != FORMAT:
+    if not isinstance(artifact, dict) or artifact.get("format") not in READABLE_FORMATS:
         raise CheckpointError(f"{key}={file}: not a genexp deployable artifact (format {FORMAT})")
     context = file.parent / CONTEXT_FILE
+    artifact["where"] = f"{key}={file}"  # for error messages
     artifact["context_state_dict"] = (
         torch.load(context, map_location="cpu", weights_only=True) if context.is_file() else {}
     )
@@ -610,7 +621,12 @@ def install_artifact(pl_module: nn.Module, artifact: dict[str, Any]) -> nn.Modul
     deployable = (
         restructure(pl_module.get_submodule(attribute), artifact["recipe"]) if attribute else pl_module
     )
-    deployable.load_state_dict(artifact["state_dict"], assign=True)
+    try:
+        state = load_sparse_state_dict(artifact["state_dict"])
+        deployable.load_state_dict(state, assign=True)
+    except (KeyError, TypeError, ValueError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise CheckpointError(f"{artifact.get('where', 'artifact')}: its state_dict does not load: {first}") from err
     for p in deployable.parameters():
         p.requires_grad_(False)
     return deployable.eval()

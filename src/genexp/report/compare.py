@@ -58,13 +58,18 @@ def _natural(path: Path) -> tuple[Any, ...]:
     return tuple(int(part) if part.isdigit() else part for part in path.parts)
 
 
+SHORT_QUANTIZE = {"int8_weight_only": "int8", "int8_dynamic": "int8 dyn", "bfloat16": "bf16", "float16": "fp16"}
+
+
 def short_label(row: dict[str, Any]) -> str:
-    """A plot label: ``dense``, ``80%``, ``80%+int8 ptq``, ``KD``..."""
+    """A plot label: ``dense``, ``80%``, ``80%+int8``, ``int8 dyn QAT``, ``bf16``, ``KD``..."""
     parts = []
     if row["prune_sparsity"]:
         parts.append(f"{100 * row['prune_sparsity']:.0f}%")
     if row["quantize"] != "none":
-        parts.append(str(row["quantize"]))
+        mode, _, detail = str(row["quantize"]).partition(" ")
+        label = SHORT_QUANTIZE.get(detail, detail or mode)
+        parts.append(f"{label} QAT" if mode == "qat" else label)
     if row["distill"]:
         parts.append("KD")
     return "+".join(parts) or ("dense" if row["baseline"] else row["compression"])
