@@ -132,3 +132,18 @@ def mlp_pruned_float() -> nn.Sequential:
     for layer in (model[0], model[2]):
         prune.l1_unstructured(layer, "weight", amount=0.8)
     return model
+
+
+def test_tied_weights_are_stored_once() -> None:
+    """A GPT-style head tied to its embedding costs its bytes once, as in torch.save of the plain state dict."""
+    embedding, head = nn.Embedding(64, 256), nn.Linear(256, 64, bias=False)
+    head.weight = embedding.weight
+    model = nn.ModuleDict({"wte": embedding, "head": head})
+    state = deployable_state_dict(model)
+    sparse = sparse_state_dict(state)
+    assert sparse["wte.weight"] == {"tied": "head.weight"} or sparse["head.weight"] == {"tied": "wte.weight"}
+    assert serialized_bytes(sparse) < 1.1 * serialized_bytes(state) < 2 * 4 * 64 * 256
+    restored = load_sparse_state_dict(sparse)
+    assert restored["wte.weight"] is restored["head.weight"] and torch.equal(
+        restored["wte.weight"], state["wte.weight"]
+    )

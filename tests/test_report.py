@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, run_cli
-from genexp.compression.measure import measure
+from genexp.compression.measure import measure, serialized_bytes
+from genexp.compression.quantize import read_artifact
 from genexp.errors import GenexpError
 from genexp.report.compare import compare_runs
 from genexp.report.family import compression_of
@@ -28,7 +29,8 @@ TINY = [
     "model.hidden_channels=8",
     "model.sample_every_n_epochs=0",
 ]
-# The real sweep recipe, shrunk: one epoch, pruned one-shot at epoch 0, two sparsities.
+# The real sweep recipe, shrunk: one epoch, pruned one-shot at epoch 0, two sparsities x {none, int8 PTQ}:
+# jobs 0 dense, 1 int8, 2 prune 0.8, 3 prune 0.8 + int8.
 SWEEP = [
     "-m",
     "experiment=vae_compress_sweep",
@@ -52,7 +54,7 @@ PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}  # steadier latency on a shared CPU (se
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A real two-run VAE multirun (sparsity 0 and 0.8) whose CompareSweep callback compared it."""
+    """A real four-run VAE multirun (sparsity 0 and 0.8, with and without int8) that CompareSweep compared."""
     root = tmp_path_factory.mktemp("sweep")
     result = run_cli(SWEEP, cwd=root, env=PASSIVE)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -63,16 +65,22 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_sweep_ends_with_table_plot_and_hparams(sweep: Path) -> None:
     report = json.loads((sweep / "compare" / "report.json").read_text())
     rows = report["runs"]
-    assert len(rows) == 2 and report["skipped"] == []
+    assert len(rows) == 4 and report["skipped"] == []
     assert [r["quality"] for r in rows] == sorted(r["quality"] for r in rows)
     [base] = [r for r in rows if r["is_baseline"]]
     assert (
         base["prune_sparsity"] == 0.0 and base["run_dir"].endswith("/0") and report["baseline"] == base["run"]
     )
     assert base["bytes_ratio"] == base["latency_ratio"] == base["quality_ratio"] == 1.0
-    [pruned] = [r for r in rows if not r["is_baseline"]]
+    by_label = {r["short"]: r for r in rows}
+    assert sorted(by_label) == ["80%", "80%+int8", "dense", "int8"]
+    pruned, int8, both = by_label["80%"], by_label["int8"], by_label["80%+int8"]
     assert pruned["compression"] == "prune 0.8" and pruned["bytes_ratio"] < 0.6  # bitmask format pays off
     assert pruned["bytes_ratio"] == pytest.approx(pruned["bytes"] / base["bytes"])
+    assert (
+        int8["kind"] == both["kind"] == "artifact" and int8["bytes_ratio"] < 0.75
+    )  # int8 conv weights (tiny model: pickle overhead)
+    assert both["bytes"] < min(pruned["bytes"], int8["bytes"])  # the two compound
 
     table = (sweep / "compare" / "report.md").read_text()
     assert "(baseline)" in table and "test/nelbo" in table and "![Pareto plot](pareto.png)" in table
@@ -85,7 +93,7 @@ def test_sweep_ends_with_table_plot_and_hparams(sweep: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     folders = sorted((sweep / "compare" / "tensorboard").iterdir())
-    assert len(folders) == 2
+    assert len(folders) == 4
     for folder in folders:
         events = EventAccumulator(str(folder))
         events.Reload()
@@ -96,7 +104,7 @@ def test_sweep_ends_with_table_plot_and_hparams(sweep: Path) -> None:
 def test_report_agrees_with_compression_json_and_a_fresh_measurement(
     sweep: Path, cli, tmp_path: Path
 ) -> None:
-    run = sweep / "1"  # sparsity 0.8
+    run = sweep / "2"  # sparsity 0.8
     # PASSIVE: with OpenMP's default spin-waiting, a fresh process on a busy 2-core VM can time 100x too slow
     result = cli([f"target={run}", *EVAL_FAST, "hydra.run.dir=eval"], module="genexp.evaluate", env=PASSIVE)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -120,6 +128,25 @@ def test_report_agrees_with_compression_json_and_a_fresh_measurement(
     assert report["throughput_per_s"] == pytest.approx(report["batch_size"] / report["latency_ms"] * 1e3)
     assert report["metrics"]["test/nelbo"] == report["quality"] > 0
 
+    # The int8 artifact of job 3 (prune 0.8 + int8), as the sweep's comparison measured it, against what the
+    # QuantizationCallback wrote at fit end: same numbers, and the bytes are the shipped file's.
+    [both] = [
+        r
+        for r in json.loads((sweep / "compare" / "report.json").read_text())["runs"]
+        if r["run_dir"].endswith("/3")
+    ]
+    after = json.loads((sweep / "3" / "compression.json").read_text())["quantize"]["after"]
+    for key in ("params", "nonzero", "bytes_dense", "bytes_sparse"):
+        assert both[key] == after[key], key
+    # bytes: the weights as deployable.pt stores them (bitmask format), the file less its config and recipe
+    stored = serialized_bytes(read_artifact(sweep / "3" / "quantized")["state_dict"])
+    assert (
+        both["bytes"]
+        == stored
+        < both["file_bytes"]
+        == (sweep / "3" / "quantized" / "deployable.pt").stat().st_size
+    )
+
 
 def fresh_latencies(run: Path, batch_size: int) -> list[float]:
     code = (
@@ -140,17 +167,17 @@ def test_a_broken_run_in_a_sweep_is_skipped_with_a_warning(
 ) -> None:
     copy = tmp_path / "sweep"
     shutil.copytree(sweep, copy, ignore=shutil.ignore_patterns("compare"))
-    shutil.copytree(copy / "1", copy / "2")
-    (copy / "2" / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
+    shutil.copytree(copy / "2", copy / "9")
+    (copy / "9" / "checkpoints" / "last.ckpt").write_bytes(b"truncated")
     cfg = compose_train(EVAL_FAST, config_name="eval")
     with caplog.at_level(logging.WARNING):
         summary = compare_runs(
             [copy], tmp_path / "out", cfg.trainer, list, SpeedSettings(repeats=2, rounds=1), key="compare"
         )
-    assert [r["run_dir"] for r in summary["runs"]] and len(summary["runs"]) == 2
+    assert len(summary["runs"]) == 4
     [skipped] = summary["skipped"]
-    assert skipped["run"] == str(copy / "2") and "last.ckpt" in skipped["reason"]
-    assert "Skipping" in caplog.text and str(copy / "2") in caplog.text
+    assert skipped["run"] == str(copy / "9") and "last.ckpt" in skipped["reason"]
+    assert "Skipping" in caplog.text and str(copy / "9") in caplog.text
     assert "Skipped runs" in (tmp_path / "out" / "report.md").read_text()
 
 
@@ -216,16 +243,31 @@ def test_a_quantized_artifact_is_what_a_run_ships(compose_train, tmp_path: Path)
     from genexp.report.measure_run import describe, size_of
     from genexp.train import train
 
-    cfg = compose_train([*TINY, "test=false", "compression=[prune,quantize]", "compression.prune.end_epoch=0",
-                         "compression.prune.final_sparsity=0.5", "compression.quantize.latency_repeats=0"])
+    cfg = compose_train(
+        [
+            *TINY,
+            "test=false",
+            "compression=[prune,quantize]",
+            "compression.prune.end_epoch=0",
+            "compression.prune.final_sparsity=0.5",
+            "compression.quantize.latency_repeats=0",
+        ]
+    )
     train(cfg)
     run = Path(cfg.paths.output_dir)
     (run / ".hydra").mkdir(exist_ok=True)
     (run / ".hydra" / "config.yaml").write_text("model: {}\n")  # what Hydra writes for a CLI run
     loaded = load_any(run)
     assert loaded.kind == "artifact" and loaded.path == run / "quantized"
-    assert size_of(loaded)["bytes"] == (run / "quantized" / "deployable.pt").stat().st_size
-    assert describe(loaded)["compression"] == "prune 0.5 + quantize ptq int8_weight_only" and not describe(loaded)["baseline"]
+    size = size_of(loaded)
+    assert size["file_bytes"] == (run / "quantized" / "deployable.pt").stat().st_size
+    assert (
+        size["bytes"] == serialized_bytes(read_artifact(run / "quantized")["state_dict"]) < size["file_bytes"]
+    )
+    assert (
+        describe(loaded)["compression"] == "prune 0.5 + quantize ptq int8_weight_only"
+        and not describe(loaded)["baseline"]
+    )
     assert loaded.model.deployable()(loaded.model.example_input(2)).isfinite().all()
     dense = load_any(run / "checkpoints" / "last.ckpt")
     assert size_of(loaded)["bytes"] < size_of(dense)["bytes_dense"]
@@ -264,12 +306,14 @@ def test_gpt_sweep_recipe_is_eight_runs_and_int8_compounds_with_pruning(tmp_path
     report = json.loads((sweep_dir / "compare" / "report.json").read_text())
     rows = {r["short"]: r for r in report["runs"]}
     assert sorted(rows) == sorted(["dense", "int8", "50%", "50%+int8", "80%", "80%+int8", "90%", "90%+int8"])
-    assert report["skipped"] == [] and rows["dense"]["is_baseline"] and report["quality_metric"] == "test/loss"
+    assert (
+        report["skipped"] == [] and rows["dense"]["is_baseline"] and report["quality_metric"] == "test/loss"
+    )
     for sparsity in ("50%", "80%", "90%"):
         pruned, both = rows[sparsity], rows[f"{sparsity}+int8"]
         assert both["kind"] == "artifact" and both["target"].endswith("quantized")
         # the shipped int8 artifact keeps the pruned zeros in the bitmask format: smaller than either alone
-        assert both["bytes"] == both["file_bytes"] < min(pruned["bytes"], rows["int8"]["bytes"]), sparsity
+        assert both["bytes"] < min(pruned["bytes"], rows["int8"]["bytes"]), sparsity
         assert both["nonzero"] <= pruned["nonzero"]
     assert rows["90%+int8"]["bytes"] < rows["80%+int8"]["bytes"] < rows["50%+int8"]["bytes"]
     table = (sweep_dir / "compare" / "report.md").read_text()

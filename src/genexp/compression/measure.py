@@ -91,10 +91,21 @@ def unpack_bits(packed: torch.Tensor, numel: int) -> torch.Tensor:
 
 def sparse_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor | SparseEntry]:
     """Each floating or int8 tensor as bitmask + non-zero values where that is smaller, else as it is;
-    quantized subclasses through their inner tensors."""
-    return {
-        key: _encode(tensor.detach().cpu()) for key, tensor in folded_state_dict(state_dict).items()
-    }
+    quantized subclasses through their inner tensors; a tied tensor (the same storage as an earlier key,
+    e.g. a GPT's head tied to its embedding) as ``{"tied": <earlier key>}``, stored once as ``torch.save`` would."""
+    out: dict[str, torch.Tensor | SparseEntry] = {}
+    first_key: dict[tuple[Any, ...], str] = {}
+    for key, tensor in folded_state_dict(state_dict).items():
+        tensor = tensor.detach().cpu()
+        if is_plain(tensor) and tensor.numel() > 0:
+            storage = tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tensor.dtype
+            identity = (*storage, tuple(tensor.shape), tuple(tensor.stride()))
+            if identity in first_key:
+                out[key] = {"tied": first_key[identity]}
+                continue
+            first_key[identity] = key
+        out[key] = _encode(tensor)
+    return out
 
 
 def _encode(tensor: torch.Tensor) -> torch.Tensor | SparseEntry:
@@ -112,7 +123,11 @@ def _encode(tensor: torch.Tensor) -> torch.Tensor | SparseEntry:
         nonzero = tensor != 0
         nnz = int(nonzero.sum())
         if (tensor.numel() + 7) // 8 + nnz * tensor.element_size() < tensor.numel() * tensor.element_size():
-            return {"shape": list(tensor.shape), "bitmask": pack_bits(nonzero), "values": tensor[nonzero].clone()}
+            return {
+                "shape": list(tensor.shape),
+                "bitmask": pack_bits(nonzero),
+                "values": tensor[nonzero].clone(),
+            }
     return tensor.clone()
 
 
@@ -126,7 +141,10 @@ def load_sparse_state_dict(sparse: Mapping[str, torch.Tensor | SparseEntry]) -> 
     Raises:
         ValueError: an entry names a tensor subclass outside torchao.
     """
-    return {key: _decode(entry) for key, entry in sparse.items()}
+    out: dict[str, torch.Tensor] = {}
+    for key, entry in sparse.items():
+        out[key] = out[entry["tied"]] if isinstance(entry, dict) and "tied" in entry else _decode(entry)
+    return out
 
 
 def _decode(entry: torch.Tensor | SparseEntry) -> torch.Tensor:
@@ -138,7 +156,9 @@ def _decode(entry: torch.Tensor | SparseEntry) -> torch.Tensor:
             raise ValueError(f"tensor subclass {entry['subclass']} is not one of torchao's")
         cls = getattr(importlib.import_module(module_name), class_name)
         inner = {name: _decode(value) for name, value in entry["inner"].items()}
-        return cls.__tensor_unflatten__(inner, entry["ctx"], torch.Size(entry["shape"]), tuple(entry["stride"]))
+        return cls.__tensor_unflatten__(
+            inner, entry["ctx"], torch.Size(entry["shape"]), tuple(entry["stride"])
+        )
     shape = torch.Size(entry["shape"])
     flags = unpack_bits(entry["bitmask"], shape.numel())
     dense = entry["values"].new_zeros(shape.numel())

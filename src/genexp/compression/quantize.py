@@ -551,7 +551,7 @@ def save_deployable(
         "recipe": recipe,
         "epoch": getattr(trainer, "current_epoch", -1),
         "global_step": getattr(trainer, "global_step", -1),
-        "state_dict": sparse_state_dict(quantized.state_dict()),
+        "state_dict": sparse_state_dict(deployable_state_dict(quantized)),  # sorted keys, as measure() counts
     }
     torch.save(artifact, folder / ARTIFACT_FILE)
     prefix = f"{attribute}." if attribute else ""
@@ -626,7 +626,9 @@ def install_artifact(pl_module: nn.Module, artifact: dict[str, Any]) -> nn.Modul
         deployable.load_state_dict(state, assign=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{artifact.get('where', 'artifact')}: its state_dict does not load: {first}") from err
+        raise CheckpointError(
+            f"{artifact.get('where', 'artifact')}: its state_dict does not load: {first}"
+        ) from err
     for p in deployable.parameters():
         p.requires_grad_(False)
     return deployable.eval()

@@ -58,7 +58,12 @@ def _natural(path: Path) -> tuple[Any, ...]:
     return tuple(int(part) if part.isdigit() else part for part in path.parts)
 
 
-SHORT_QUANTIZE = {"int8_weight_only": "int8", "int8_dynamic": "int8 dyn", "bfloat16": "bf16", "float16": "fp16"}
+SHORT_QUANTIZE = {
+    "int8_weight_only": "int8",
+    "int8_dynamic": "int8 dyn",
+    "bfloat16": "bf16",
+    "float16": "fp16",
+}
 
 
 def short_label(row: dict[str, Any]) -> str:

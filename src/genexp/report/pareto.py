@@ -14,6 +14,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 KIB = 1024
 
@@ -41,12 +42,20 @@ def _panel(ax: Any, xs: list[float], ys: list[float], rows: Sequence[dict[str, A
             ax.scatter([xs[i]], [ys[i]], marker="*", s=260, color="tab:red", label="dense baseline", zorder=3)
         ax.annotate(row["short"], (xs[i], ys[i]), textcoords="offset points", xytext=(6, 5), fontsize=8)
     ax.scatter(fx, fy, s=110, facecolors="none", edgecolors="tab:orange", linewidths=1.8, zorder=5)
-    if max(xs) > 8 * min(xs) > 0:
+    log = max(xs) > 8 * min(xs) > 0
+    if log:
         ax.set_xscale("log")
+        plain = FuncFormatter(lambda value, _: f"{value:g}")
+        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_minor_formatter(
+            FuncFormatter(lambda value, _: f"{value:g}" if f"{value:e}"[0] in "25" else "")
+        )
     else:  # show at least +-5% around the values: differences smaller than that are noise, not a trade-off
         middle, half = (max(xs) + min(xs)) / 2, max((max(xs) - min(xs)) * 0.6, 0.05 * max(xs))
         ax.set_xlim(middle - half, middle + half)
     (x_low, x_high), (y_low, y_high) = ax.get_xlim(), ax.get_ylim()
+    # room on the right for the labels of the largest (or slowest) runs
+    x_high = x_high * (x_high / x_low) ** 0.1 if log else x_high + 0.1 * (x_high - x_low)
     # The staircase bounding the dominated region, extended to the plot's edges (visible for a single point too).
     ax.step(
         [fx[0], *fx, x_high],
