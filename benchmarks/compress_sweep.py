@@ -48,6 +48,11 @@ def train_seconds(run_dir: Path) -> float:
     return (run_dir / "metrics.json").stat().st_mtime - (run_dir / ".hydra" / "config.yaml").stat().st_mtime
 
 
+def ratio(value: float | None) -> str:
+    """A ratio from report.json (``None`` when the sweep has no dense baseline)."""
+    return "-" if value is None else f"{value:.3f}"
+
+
 def report_table(sweep: Path) -> Table:
     report = json.loads((sweep / "compare" / "report.json").read_text())
     rows = report["runs"]
@@ -61,11 +66,11 @@ def report_table(sweep: Path) -> Table:
         table.add_row(
             r["short"] + (" (baseline)" if r["is_baseline"] else ""),
             f"{r['quality']:.4f}",
-            f"{r['quality'] / base['quality']:.3f}",
+            ratio(r["quality_ratio"]),
             f"{r['bytes'] / 1024:.1f}",
-            f"{r['bytes'] / base['bytes']:.3f}",
+            ratio(r["bytes_ratio"]),
             f"{r['latency_ms']:.2f}",
-            f"{r['latency_ms'] / base['latency_ms']:.3f}",
+            ratio(r["latency_ratio"]),
             f"{seconds:.0f}",
             f"{seconds / base_seconds:.2f}",
         )

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from genexp.errors import CheckpointError
+from genexp.errors import CheckpointError, first_line
 from genexp.models.base import CONFIG_KEY
 
 
@@ -26,7 +26,7 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     try:
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # torch.load raises many types on damaged files (IndexError on a truncated one)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         first = first if len(first) <= 120 else first[:117] + "..."  # torch's messages run to paragraphs
         raise CheckpointError(
             f"{key}={path}: not a readable checkpoint (corrupt or truncated?): {first}"

@@ -65,13 +65,18 @@ def report_errors(task: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (its type's name when the message is empty)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _describe(err: Exception) -> str:
     if isinstance(err, MissingMandatoryValue):
         return f"{err.full_key}: a value is required (set it on the command line: {err.full_key}=...)"
     if isinstance(err, OmegaConfBaseException):
         key = getattr(err, "full_key", None)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        return f"{key}: {first}" if key else first
+        return f"{key}: {first_line(err)}" if key else first_line(err)
     return str(err)
 
 

@@ -36,7 +36,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from genexp.build import build_datamodule, build_model
 from genexp.checkpoints import load_checkpoint, saved_config
 from genexp.compression.schedule import CompressionSchedule
-from genexp.errors import CheckpointError, ConfigError, GenexpError
+from genexp.errors import CheckpointError, ConfigError, GenexpError, first_line
 from genexp.models.base import CONFIG_KEY, GenerativeModule
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ def load_teacher(path: str | Path, key: str = "compression.distill.teacher") -> 
         teacher = build_model(config, datamodule)
         teacher.load_state_dict(checkpoint["state_dict"])
     except (GenexpError, RuntimeError, KeyError, TypeError, ValueError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise CheckpointError(
             f"{key}={path}: its saved config and weights do not rebuild the teacher model: {first}"
         ) from err

@@ -79,7 +79,7 @@ from genexp.compression.prune import (
 )
 from genexp.compression.schedule import CompressionSchedule
 from genexp.compression.slim import plain_copy
-from genexp.errors import CheckpointError, ConfigError
+from genexp.errors import CheckpointError, ConfigError, first_line
 from genexp.run_folder import update_json, write_json
 
 log = logging.getLogger(__name__)
@@ -591,8 +591,7 @@ def read_artifact(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     try:
         artifact = torch.load(file, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  (any unpickling failure means the same to the user)
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"{key}={file}: not a readable deployable artifact: {first}") from err
+        raise CheckpointError(f"{key}={file}: not a readable deployable artifact: {first_line(err)}") from err
     if not isinstance(artifact, dict) or artifact.get("format") not in READABLE_FORMATS:
         raise CheckpointError(f"{key}={file}: not a genexp deployable artifact (format {FORMAT})")
     context = file.parent / CONTEXT_FILE
@@ -625,10 +624,8 @@ def install_artifact(pl_module: nn.Module, artifact: dict[str, Any]) -> nn.Modul
         state = load_sparse_state_dict(artifact["state_dict"])
         deployable.load_state_dict(state, assign=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(
-            f"{artifact.get('where', 'artifact')}: its state_dict does not load: {first}"
-        ) from err
+        where = artifact.get("where", "artifact")
+        raise CheckpointError(f"{where}: its state_dict does not load: {first_line(err)}") from err
     for p in deployable.parameters():
         p.requires_grad_(False)
     return deployable.eval()

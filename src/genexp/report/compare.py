@@ -21,7 +21,7 @@ from typing import Any
 from lightning.pytorch import Callback
 from omegaconf import DictConfig
 
-from genexp.errors import GenexpError
+from genexp.errors import GenexpError, first_line
 from genexp.report.family import family_of
 from genexp.report.hparams import write_hparams
 from genexp.report.load import Loaded, is_run_folder, load_any
@@ -183,7 +183,7 @@ def _check_one_family(loaded: list[Loaded], key: str) -> None:
 
 
 def _skip(skipped: list[dict[str, str]], path: Path, err: BaseException) -> None:
-    reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    reason = first_line(err)
     if not isinstance(err, GenexpError):
         reason = f"{type(err).__name__}: {reason}"
     log.warning("Skipping %s: %s", path, reason)

@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genexp.build import build_datamodule, build_model
 from genexp.checkpoints import load_checkpoint, saved_config
-from genexp.errors import CheckpointError, GenexpError
+from genexp.errors import CheckpointError, GenexpError, first_line
 from genexp.models.base import CONFIG_KEY, GenerativeModule
 
 CHECKPOINT_SUFFIX = ".ckpt"
@@ -127,7 +127,7 @@ def _load_checkpoint(path: Path, key: str, data: dict[str, Any] | None, run_dir:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
         raise CheckpointError(
-            f"{key}={path}: weights do not fit the saved config: {_first_line(err)}"
+            f"{key}={path}: weights do not fit the saved config: {first_line(err)}"
         ) from err
     info = {
         "epoch": float(checkpoint.get("epoch", -1)),
@@ -166,8 +166,3 @@ def _rebuild(
         raise GenexpError(f"{where}: the saved config does not build: {err}") from err
     model.genexp_config = config
     return model, datamodule
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -4,9 +4,9 @@ Size comes from ``genexp.compression.measure.measure`` on ``deployable()`` (the 
 holds): parameters, non-zeros, ``bytes_dense`` (``torch.save`` of the state dict) and ``bytes_sparse`` (the
 bitmask format). ``bytes`` is what ships in genexp's smallest format: the smaller of the two, for a
 checkpoint and a quantized artifact alike (an artifact's ``deployable.pt`` stores its weights in the bitmask
-format, so this is the weights part of that file; ``file_bytes`` is the whole file, config included). Speed is the CPU latency of ``deployable()`` on the fixed batch
-``example_input(batch_size)`` (median of repeats) and the throughput it implies; GPU figures are added
-when a GPU is present.
+format, so this is the weights part of that file; ``file_bytes`` is the whole file, config included).
+Speed is the CPU latency of ``deployable()`` on the fixed batch ``example_input(batch_size)`` (median of
+repeats) and the throughput it implies; GPU figures are added when a GPU is present.
 """
 
 from __future__ import annotations
@@ -86,9 +86,8 @@ def test_quality(
 def size_of(loaded: Loaded) -> dict[str, float]:
     """Parameters, non-zeros, sparsity, dense/sparse/shipped bytes of ``deployable()`` and the file's bytes."""
     numbers = measure(loaded.model.deployable().cpu(), None, repeats=0)
-    file = (
-        loaded.path / "deployable.pt" if loaded.path.is_dir() else loaded.path
-    )  # an artifact folder ships its .pt
+    # an artifact folder ships its .pt
+    file = loaded.path / "deployable.pt" if loaded.path.is_dir() else loaded.path
     file_bytes = file.stat().st_size
     shipped = min(numbers["bytes_dense"], numbers["bytes_sparse"])
     return {**numbers, "bytes": shipped, "file_bytes": file_bytes}

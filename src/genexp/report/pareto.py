@@ -45,8 +45,7 @@ def _panel(ax: Any, xs: list[float], ys: list[float], rows: Sequence[dict[str, A
     log = max(xs) > 8 * min(xs) > 0
     if log:
         ax.set_xscale("log")
-        plain = FuncFormatter(lambda value, _: f"{value:g}")
-        ax.xaxis.set_major_formatter(plain)
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         ax.xaxis.set_minor_formatter(
             FuncFormatter(lambda value, _: f"{value:g}" if f"{value:e}"[0] in "25" else "")
         )
