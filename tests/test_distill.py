@@ -18,12 +18,12 @@ from omegaconf import DictConfig, open_dict
 
 from conftest import CONF, FAST
 from genexp.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
-from genexp.checkpoints import load_checkpoint
 from genexp.compression.distill import DistillationCallback, load_teacher
 from genexp.errors import CheckpointError, ConfigError
 from genexp.models.base import GenerativeModule
 from genexp.models.gan import GAN
 from genexp.models.vae import VAE
+from genexp.rebuild import load_checkpoint
 from genexp.train import train
 
 QUIET = [*FAST, "test=false", "model.sample_every_n_epochs=0", "logger=csv"]

@@ -12,9 +12,9 @@ import torch
 
 from conftest import FAST, run_dirs
 from genexp.build import build_datamodule, build_model, build_trainer
-from genexp.checkpoints import load_checkpoint
 from genexp.errors import ConfigError
 from genexp.models.gpt import GPT, Transformer
+from genexp.rebuild import load_checkpoint
 from genexp.train import train
 
 CORPUS = "the quick brown fox jumps over the lazy dog.\n" * 60

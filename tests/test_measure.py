@@ -6,10 +6,10 @@ import torch
 from torch import nn
 from torch.nn.utils import prune
 
-from genexp.compression.measure import (
+from genexp.deploy.costs import measure
+from genexp.deploy.sparse_format import (
     deployable_state_dict,
     load_sparse_state_dict,
-    measure,
     pack_bits,
     serialized_bytes,
     sparse_state_dict,

@@ -12,7 +12,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from genexp.compression.prune import PruningCallback, find_targets
+from genexp.compression.prune import PruningCallback
+from genexp.compression.targets import find_targets
 from genexp.errors import ConfigError
 
 

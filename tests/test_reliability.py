@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import FAST, REPO, run_cli, run_dirs
-from genexp.checkpoints import load_checkpoint, saved_config
 from genexp.errors import CheckpointError
+from genexp.rebuild import load_checkpoint, saved_config
 
 PRUNE = [
     "compression=[prune]",

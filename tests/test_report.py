@@ -13,12 +13,13 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, run_cli
-from genexp.compression.measure import measure, serialized_bytes
-from genexp.compression.quantize import read_artifact
+from genexp.deploy.artifact import read_artifact
+from genexp.deploy.costs import measure
+from genexp.deploy.sparse_format import serialized_bytes
 from genexp.errors import GenexpError
+from genexp.rebuild import load_any
 from genexp.report.compare import compare_runs
 from genexp.report.family import compression_of
-from genexp.report.load import load_any
 from genexp.report.measure_run import SpeedSettings
 from genexp.report.pareto import frontier
 
@@ -150,8 +151,8 @@ def test_report_agrees_with_compression_json_and_a_fresh_measurement(
 
 def fresh_latencies(run: Path, batch_size: int) -> list[float]:
     code = (
-        "import sys; from genexp.report.load import load_any; from genexp.report.measure_run import example_of;"
-        "from genexp.compression.measure import cpu_latency_ms; loaded = load_any(sys.argv[1]);"
+        "import sys; from genexp.rebuild import load_any; from genexp.report.measure_run import example_of;"
+        "from genexp.deploy.latency import cpu_latency_ms; loaded = load_any(sys.argv[1]);"
         f"x = example_of(loaded, {batch_size});"
         "print([cpu_latency_ms(loaded.model.deployable(), x, repeats=20) for _ in range(3)])"
     )

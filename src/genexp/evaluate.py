@@ -22,8 +22,8 @@ from rich.console import Console
 from genexp.build import build_callbacks, build_loggers
 from genexp.errors import ConfigError, report_errors
 from genexp.models.base import GenerativeModule
+from genexp.rebuild import load_any
 from genexp.report.compare import compare_runs
-from genexp.report.load import load_any
 from genexp.report.measure_run import SpeedSettings, measure_target
 from genexp.report.tables import print_compare, print_single, single_markdown
 from genexp.run_folder import ensure_fresh, write_json

@@ -78,3 +78,53 @@ def scalar_metrics(*sources: Mapping[str, Any]) -> dict[str, float]:
                 continue
             out[key] = number if math.isfinite(number) else float("nan")
     return dict(sorted(out.items()))
+
+
+COMPRESSION_FILE = "compression.json"
+
+
+def record_compression(
+    trainer: Any,
+    report: dict[str, Any],
+    *,
+    section: str | None = None,
+    timings: Mapping[tuple[str, ...], tuple[Any, Any]] | None = None,
+    repeats: int = 20,
+    scalars: Mapping[str, tuple[str, ...]] | None = None,
+) -> dict[str, Any]:
+    """The one writer of a compression callback's figures (rank 0 only); returns ``report`` completed.
+
+    ``timings`` maps a place in ``report`` (a key path) to ``(module, example)``: the CPU latency of each is
+    measured here (``genexp.deploy.latency.cpu_latency_ms``, ``repeats`` calls; skipped when 0 or without an
+    example) and stored there. The report then goes into ``<run>/compression.json`` (merged under ``section``,
+    or at the top level), and ``scalars`` (TensorBoard name -> key path) to every logger at the current step.
+    """
+    from genexp.deploy.latency import cpu_latency_ms
+
+    for path, (module, example) in (timings or {}).items():
+        if example is not None and repeats > 0:
+            _place(report, path, cpu_latency_ms(module, example, repeats=repeats))
+    if trainer.default_root_dir:
+        update_json(Path(trainer.default_root_dir) / COMPRESSION_FILE, {section: report} if section else report)
+    values = {name: _find(report, path) for name, path in (scalars or {}).items()}
+    values = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
+    if values:
+        for logger in trainer.loggers:
+            logger.log_metrics(values, step=trainer.global_step)
+    return report
+
+
+def _place(report: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = report
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    node[path[-1]] = value
+
+
+def _find(report: dict[str, Any], path: tuple[str, ...]) -> Any:
+    node: Any = report
+    for key in path:
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node

@@ -14,9 +14,9 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from genexp.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
-from genexp.checkpoints import load_checkpoint
 from genexp.distributed import job_scope, relaunch_argv
 from genexp.errors import ConfigError, GenexpError, report_errors
+from genexp.rebuild import load_checkpoint
 from genexp.run_folder import ensure_fresh, resume_checkpoint, scalar_metrics, write_json
 from genexp.validation import validate_train_config
 

@@ -6,7 +6,6 @@
 - ``distill.DistillationCallback``: a frozen teacher from an earlier run; KD mixed into the loss on a schedule.
 """
 
-from genexp.compression.measure import measure
 from genexp.compression.schedule import CompressionSchedule
 
 __all__ = ["CompressionSchedule", "measure"]

@@ -33,11 +33,11 @@ import lightning as L
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from genexp.build import build_datamodule, build_model
-from genexp.checkpoints import load_checkpoint, saved_config
-from genexp.compression.schedule import CompressionSchedule
-from genexp.errors import CheckpointError, ConfigError, GenexpError, first_line
-from genexp.models.base import CONFIG_KEY, GenerativeModule
+from genexp.checks import is_int, is_number
+from genexp.compression.schedule import CompressionSchedule, last_epoch
+from genexp.errors import ConfigError
+from genexp.models.base import GenerativeModule
+from genexp.rebuild import load_model
 
 log = logging.getLogger(__name__)
 
@@ -45,31 +45,14 @@ NO_END = 10**9  # end_epoch: null -> distil through the last epoch
 REFERENCE_PREFIXES = ("val/", "test/", "fid/")  # teacher figures logged once as teacher/<name>
 
 
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def load_teacher(path: str | Path, key: str = "compression.distill.teacher") -> GenerativeModule:
-    """Rebuild a frozen, eval-mode teacher from a genexp checkpoint (its own config and data state).
+    """Rebuild a frozen, eval-mode teacher from a genexp checkpoint through ``genexp.rebuild`` (its own
+    config, trust-checked, and its data module's saved state).
 
     Raises CheckpointError naming ``key`` when the file is missing, not a genexp checkpoint, or its
     saved config and weights do not rebuild a model.
     """
-    checkpoint = load_checkpoint(path, key)
-    config = saved_config(checkpoint, path, key)  # only trusted _target_s are instantiated
-    try:
-        datamodule = build_datamodule(config)
-        state_key = type(datamodule).__qualname__
-        if state_key in checkpoint:  # e.g. the GPT's vocabulary: no need to read the teacher's text
-            datamodule.load_state_dict(checkpoint[state_key])
-        teacher = build_model(config, datamodule)
-        teacher.load_state_dict(checkpoint["state_dict"])
-    except (GenexpError, RuntimeError, KeyError, TypeError, ValueError) as err:
-        first = first_line(err)
-        raise CheckpointError(
-            f"{key}={path}: its saved config and weights do not rebuild the teacher model: {first}"
-        ) from err
-    teacher.genexp_config = checkpoint[CONFIG_KEY]
+    teacher = load_model(path, key).model
     teacher.requires_grad_(False)
     return teacher.eval()
 
@@ -88,7 +71,7 @@ def teacher_metrics(path: str | Path) -> dict[str, float]:
     return {  # the run's final figures, not its last training step or learning rate
         k: float(v)
         for k, v in data.items()
-        if k.startswith(REFERENCE_PREFIXES) and _is_number(v) and math.isfinite(float(v))
+        if k.startswith(REFERENCE_PREFIXES) and is_number(v) and math.isfinite(float(v))
     }
 
 
@@ -132,11 +115,11 @@ class DistillationCallback(Callback):
                 "the path of the teacher's genexp checkpoint, e.g. "
                 f"{p}.teacher=outputs/train/runs/<stamp>/checkpoints/last.ckpt",
             )
-        if not _is_number(temperature) or not temperature > 0:
+        if not is_number(temperature) or not temperature > 0:
             raise ConfigError(f"{p}.temperature", temperature, "a number > 0")
-        if not _is_number(feature_weight) or feature_weight < 0:
+        if not is_number(feature_weight) or feature_weight < 0:
             raise ConfigError(f"{p}.feature_weight", feature_weight, "a number >= 0")
-        if end_epoch is not None and (not isinstance(end_epoch, int) or isinstance(end_epoch, bool)):
+        if end_epoch is not None and not is_int(end_epoch):
             raise ConfigError(
                 f"{p}.end_epoch", end_epoch, "an integer >= start_epoch, or null (the last epoch)"
             )
@@ -198,7 +181,7 @@ class DistillationCallback(Callback):
                 self.feature_weight,
                 f"0 for {type(pl_module).__name__} (only the GAN has a discriminator-feature match)",
             )
-        last = trainer.max_epochs - 1 if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+        last = last_epoch(trainer.max_epochs)
         if self._end_epoch is None:  # through the last epoch
             end = max(last if last is not None else NO_END, self.schedule.start_epoch)
             self.schedule = self._schedule(

@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -30,25 +28,19 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.nn.utils import prune
 
-from genexp.compression.measure import folded_state_dict, measure
-from genexp.compression.schedule import CompressionSchedule
+from genexp.checks import boolean, int_at_least, is_int, one_of, regexes
+from genexp.compression.masks import global_channels, keep_largest
+from genexp.compression.schedule import CompressionSchedule, last_epoch
+from genexp.compression.targets import PARAM, deployable_of, example_input_of, find_targets, weight_of
+from genexp.deploy.costs import measure
+from genexp.deploy.sparse_format import folded_state_dict
 from genexp.errors import CheckpointError, ConfigError
-from genexp.run_folder import update_json
+from genexp.run_folder import record_compression
 
 log = logging.getLogger(__name__)
 
 METHODS = ("l1_unstructured", "random_unstructured", "ln_structured")
 SCOPES = ("global", "layer")
-CONV_TYPES: tuple[type[nn.Module], ...] = (
-    nn.Conv1d,
-    nn.Conv2d,
-    nn.Conv3d,
-    nn.ConvTranspose1d,
-    nn.ConvTranspose2d,
-    nn.ConvTranspose3d,
-)
-DEFAULT_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, *CONV_TYPES)
-PARAM = "weight"
 
 
 class PruningCallback(Callback):
@@ -96,10 +88,8 @@ class PruningCallback(Callback):
     ) -> None:
         super().__init__()
         p = key_prefix
-        if method not in METHODS:
-            raise ConfigError(f"{p}.method", method, f"one of {list(METHODS)}")
-        if scope not in SCOPES:
-            raise ConfigError(f"{p}.scope", scope, f"one of {list(SCOPES)}")
+        one_of(f"{p}.method", method, METHODS)
+        one_of(f"{p}.scope", scope, SCOPES)
         self.schedule = CompressionSchedule(
             start_epoch=start_epoch,
             end_epoch=end_epoch,
@@ -114,49 +104,66 @@ class PruningCallback(Callback):
         if final_sparsity < initial_sparsity:
             raise ConfigError(f"{p}.final_sparsity", final_sparsity, f"a fraction >= {p}.initial_sparsity")
         self.structured = method == "ln_structured"
-        if self.structured and (not isinstance(dim, int) or isinstance(dim, bool)):
+        if self.structured and not is_int(dim):
             raise ConfigError(f"{p}.dim", dim, "an integer dimension for ln_structured (0 = output channels)")
         if isinstance(n, str):  # YAML: fro, inf
             n = {"fro": 2.0, "inf": math.inf}.get(n.lower(), n)
         if not isinstance(n, (int, float)) or isinstance(n, bool) or not n > 0:
             raise ConfigError(f"{p}.n", n, "a norm order > 0 (1, 2, inf or 'fro')")
-        for key, value in (("make_permanent", make_permanent),):
-            if not isinstance(value, bool):
-                raise ConfigError(f"{p}.{key}", value, "true or false")
-        for key, value, minimum in (
-            ("latency_batch_size", latency_batch_size, 1),
-            ("latency_repeats", latency_repeats, 0),
-        ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-                raise ConfigError(f"{p}.{key}", value, f"an integer >= {minimum}")
+        boolean(f"{p}.make_permanent", make_permanent)
+        int_at_least(f"{p}.latency_batch_size", latency_batch_size, 1)
+        int_at_least(f"{p}.latency_repeats", latency_repeats, 0)
         self.method, self.scope, self.dim, self.n = method, scope, dim, float(n)
-        self.include = _patterns(include, f"{p}.include")
-        self.exclude = _patterns(exclude, f"{p}.exclude")
+        self.include = regexes(f"{p}.include", include)
+        self.exclude = regexes(f"{p}.exclude", exclude)
         self.make_permanent, self.seed, self.key_prefix = make_permanent, int(seed), p
         self.latency_batch_size, self.latency_repeats = latency_batch_size, latency_repeats
-        self.targets: dict[str, nn.Module] = {}
+        self._root: nn.Module | None = None  # the deployable the target names live in
+        self._names: list[str] = []
+        self._fixed: dict[str, nn.Module] = {}  # targets given as modules, outside a fit
         self.sparsity = 0.0  # the scheduled sparsity currently applied
         self.history: list[dict[str, float]] = []
         self._restored_masks: dict[str, torch.Tensor] | None = None
-        self._hooks: dict[str, Any] = {}
+        self._hook: Any = None
+
+    @property
+    def targets(self) -> dict[str, nn.Module]:
+        """The pruned layers by name, resolved in the deployable now (a layer another callback swapped in,
+        such as QAT's fake-quantized Linear, is the target under its name)."""
+        if self._root is None:
+            return dict(self._fixed)
+        return {name: self._root.get_submodule(name) for name in self._names}
+
+    @targets.setter
+    def targets(self, modules: dict[str, nn.Module]) -> None:
+        self._root, self._names, self._fixed = None, list(modules), dict(modules)
+
+    def _attach(self, root: nn.Module) -> None:
+        """Target the default/included layers of ``root`` by name; one hook on ``root`` lets every pruned
+        layer load a plain checkpoint weight."""
+        self._names = list(find_targets(root, self.include, self.exclude, self.key_prefix))
+        self._root, self._fixed = root, {}
+        if self._hook is not None:
+            self._hook.remove()
+        self._hook = root.register_load_state_dict_pre_hook(self._accept_plain_weights)
 
     # ----- Lightning hooks -----------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self.targets = find_targets(deployable_of(pl_module), self.include, self.exclude, self.key_prefix)
+            self._attach(deployable_of(pl_module))
             if self.structured:
                 for name, module in self.targets.items():
-                    ndim = _weight(module).dim()
+                    ndim = weight_of(module).dim()
                     if not -ndim <= self.dim < ndim:
                         raise ConfigError(
                             f"{self.key_prefix}.dim",
                             self.dim,
-                            f"a dimension of {name}.weight (shape {tuple(_weight(module).shape)})",
+                            f"a dimension of {name}.weight (shape {tuple(weight_of(module).shape)})",
                         )
-            log.info("Pruning %d layers of the deployable: %s", len(self.targets), ", ".join(self.targets))
+            log.info("Pruning %d layers of the deployable: %s", len(self._names), ", ".join(self._names))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        last = trainer.max_epochs - 1 if trainer.max_epochs is not None and trainer.max_epochs >= 0 else None
+        last = last_epoch(trainer.max_epochs)
         if last is not None and last < self.schedule.end_epoch:
             rank_zero_warn(
                 f"{self.key_prefix}.end_epoch={self.schedule.end_epoch} is after the last epoch ({last}, "
@@ -173,7 +180,7 @@ class PruningCallback(Callback):
                     f"run (check {self.key_prefix}.include/exclude)"
                 )
             for name, mask in self._restored_masks.items():
-                self._set_mask(name, mask.to(_weight(self.targets[name]).device))
+                self._set_mask(name, mask.to(weight_of(self.targets[name]).device))
             self._restored_masks = None
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -204,14 +211,16 @@ class PruningCallback(Callback):
         if self.make_permanent:
             self.remove_pruning()
         if trainer.is_global_zero:
-            report = self.report(pl_module, trainer.current_epoch)
-            if trainer.default_root_dir:
-                update_json(Path(trainer.default_root_dir) / "compression.json", report)
-            writer = _tensorboard(pl_module)
-            if writer is not None and "deployable/latency_ms" in report:
-                writer.add_scalar(
-                    "compression/latency_ms", report["deployable/latency_ms"], trainer.global_step
-                )
+            deployable = deployable_of(pl_module)
+            on_cpu = all(p.device.type == "cpu" for p in deployable.parameters())
+            example = example_input_of(pl_module, self.latency_batch_size) if on_cpu else None
+            record_compression(
+                trainer,
+                self.report(pl_module, trainer.current_epoch),
+                timings={("deployable/latency_ms",): (deployable, example)},
+                repeats=self.latency_repeats,
+                scalars={"compression/latency_ms": ("deployable/latency_ms",)},
+            )
 
     # ----- checkpoints: plain weights in the state dict, masks and position in the callback state --
     def on_save_checkpoint(
@@ -239,7 +248,7 @@ class PruningCallback(Callback):
     def current_mask(self, name: str) -> torch.Tensor:
         module = self.targets[name]
         mask = getattr(module, PARAM + "_mask", None)
-        return torch.ones_like(_weight(module), dtype=torch.bool) if mask is None else mask.bool()
+        return torch.ones_like(weight_of(module), dtype=torch.bool) if mask is None else mask.bool()
 
     def compute_masks(self, sparsity: float, epoch: int) -> dict[str, torch.Tensor]:
         """New boolean masks (True = kept) giving ``sparsity``; already-pruned weights stay pruned."""
@@ -248,16 +257,16 @@ class PruningCallback(Callback):
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         scores: dict[str, torch.Tensor] = {}
         for name, module in self.targets.items():
-            weight = _weight(module).detach()
+            weight = weight_of(module).detach()
             if self.method == "l1_unstructured":
                 score = weight.abs().float().cpu()
             else:
                 score = torch.rand(weight.shape, generator=generator)
             scores[name] = score.masked_fill(~self.current_mask(name).cpu(), -math.inf)
         if self.scope == "layer":
-            return {name: _keep_largest(s, round(sparsity * s.numel())) for name, s in scores.items()}
+            return {name: keep_largest(s, round(sparsity * s.numel())) for name, s in scores.items()}
         flat = torch.cat([s.flatten() for s in scores.values()])
-        keep = _keep_largest(flat, round(sparsity * flat.numel()))
+        keep = keep_largest(flat, round(sparsity * flat.numel()))
         masks, offset = {}, 0
         for name, s in scores.items():
             masks[name] = keep[offset : offset + s.numel()].view(s.shape)
@@ -267,7 +276,7 @@ class PruningCallback(Callback):
     def _structured_masks(self, sparsity: float) -> dict[str, torch.Tensor]:
         channels: dict[str, torch.Tensor] = {}  # per-slice score; pruned slices -inf
         for name, module in self.targets.items():
-            weight = (_weight(module).detach().float() * self.current_mask(name)).cpu().movedim(self.dim, 0)
+            weight = (weight_of(module).detach().float() * self.current_mask(name)).cpu().movedim(self.dim, 0)
             rows = weight.flatten(1)
             score = torch.linalg.vector_norm(rows, ord=self.n, dim=1)
             if self.scope == "global" and math.isfinite(self.n):
@@ -275,48 +284,26 @@ class PruningCallback(Callback):
             alive = self.current_mask(name).cpu().movedim(self.dim, 0).flatten(1).any(1)
             channels[name] = score.masked_fill(~alive, -math.inf)
         if self.scope == "layer":
-            kept = {name: _keep_largest(s, round(sparsity * s.numel())) for name, s in channels.items()}
+            kept = {name: keep_largest(s, round(sparsity * s.numel())) for name, s in channels.items()}
         else:
-            kept = self._global_channels(channels, sparsity)
+            kept = global_channels(channels, {n: weight_of(m).numel() for n, m in self.targets.items()}, sparsity)
         masks = {}
         for name, keep in kept.items():
-            shape = [1] * _weight(self.targets[name]).dim()
+            shape = [1] * weight_of(self.targets[name]).dim()
             shape[self.dim] = -1
-            masks[name] = keep.view(shape).expand_as(_weight(self.targets[name])).cpu().clone()
+            masks[name] = keep.view(shape).expand_as(weight_of(self.targets[name])).cpu().clone()
         return masks
-
-    def _global_channels(self, channels: dict[str, torch.Tensor], sparsity: float) -> dict[str, torch.Tensor]:
-        """Prune the lowest-scoring channels of all layers until the pruned weights are closest to target."""
-        sizes = torch.cat(
-            [
-                torch.full((s.numel(),), _weight(self.targets[name]).numel() // s.numel(), dtype=torch.long)
-                for name, s in channels.items()
-            ]
-        )
-        flat = torch.cat(list(channels.values()))
-        order = torch.argsort(flat, stable=True)
-        cumulative = torch.cat([torch.zeros(1, dtype=torch.long), sizes[order].cumsum(0)])
-        goal = sparsity * int(sizes.sum())
-        already = int((flat == -math.inf).sum())
-        count = max(int(torch.argmin((cumulative.double() - goal).abs())), already)
-        keep = torch.ones_like(flat, dtype=torch.bool)
-        keep[order[:count]] = False
-        out, offset = {}, 0
-        for name, s in channels.items():
-            out[name] = keep[offset : offset + s.numel()]
-            offset += s.numel()
-        return out
 
     def prune_to(self, module: nn.Module, sparsity: float, epoch: int = 0) -> dict[str, nn.Module]:
         """Prune ``module`` (e.g. a deployable) once to ``sparsity``, outside a Trainer; returns the targets."""
-        self.targets = find_targets(module, self.include, self.exclude, self.key_prefix)
+        self._attach(module)
         self.apply_masks(self.compute_masks(sparsity, epoch), sparsity, epoch)
         return self.targets
 
     def apply_masks(self, masks: dict[str, torch.Tensor], sparsity: float, epoch: int) -> None:
         """Set the targets' masks (True = kept) and record the step in ``history``."""
         for name, mask in masks.items():
-            self._set_mask(name, mask.to(_weight(self.targets[name]).device))
+            self._set_mask(name, mask.to(weight_of(self.targets[name]).device))
         self.sparsity = sparsity
         self.history.append({"epoch": epoch, "target": sparsity, "sparsity": self.achieved_sparsity()})
 
@@ -324,42 +311,41 @@ class PruningCallback(Callback):
         module = self.targets[name]
         if not hasattr(module, PARAM + "_mask"):
             prune.custom_from_mask(module, PARAM, mask)
-            self._hooks[name] = module.register_load_state_dict_pre_hook(_accept_plain_weight)
         else:
             module.weight_mask.copy_(mask)
         with torch.no_grad():
             module.weight_orig.mul_(module.weight_mask)  # pruned originals are zero too
             setattr(module, PARAM, module.weight_orig * module.weight_mask)
 
-    def retarget(self, name: str, module: nn.Module) -> None:
-        """Point target ``name`` at ``module``, a layer another callback swapped in for it (QAT's
-        fake-quantized Linear); any pruning reparametrization must already have moved onto ``module``."""
-        self.targets[name] = module
-        if name in self._hooks:
-            self._hooks.pop(name).remove()
-            self._hooks[name] = module.register_load_state_dict_pre_hook(_accept_plain_weight)
-
     def remove_pruning(self) -> None:
         """Fold the masks into plain ``weight`` parameters (``prune.remove``)."""
-        for name, module in self.targets.items():
+        for module in self.targets.values():
             if hasattr(module, PARAM + "_mask"):
                 prune.remove(module, PARAM)
-            if name in self._hooks:
-                self._hooks.pop(name).remove()
+        if self._hook is not None:
+            self._hook.remove()
+            self._hook = None
+
+    def _accept_plain_weights(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
+        """Let each pruned target load a plain checkpoint weight: orig = weight, mask = weight != 0."""
+        for name, target in self.targets.items():
+            key = f"{prefix}{name}.{PARAM}"
+            if hasattr(target, PARAM + "_mask") and key in state_dict and key + "_orig" not in state_dict:
+                weight = state_dict.pop(key)
+                state_dict[key + "_orig"] = weight
+                state_dict[key + "_mask"] = (weight != 0).to(target.weight_mask.dtype)
 
     # ----- numbers -------------------------------------------------------------------------------
     def achieved_sparsity(self) -> float:
         """Fraction of zeros among the targeted weights, as the module computes them."""
-        total = sum(_weight(m).numel() for m in self.targets.values())
+        total = sum(weight_of(m).numel() for m in self.targets.values())
         zeros = sum(int((_effective_weight(m) == 0).sum()) for m in self.targets.values())
         return zeros / total if total else 0.0
 
     def report(self, pl_module: L.LightningModule, epoch: int) -> dict[str, Any]:
-        """compression.json: the target ``sparsity``, measure() numbers and per-layer sparsity."""
-        deployable = deployable_of(pl_module)
-        example = example_input_of(pl_module, self.latency_batch_size) if self.latency_repeats else None
-        on_cpu = all(p.device.type == "cpu" for p in deployable.parameters())
-        numbers = measure(deployable, example if on_cpu else None, repeats=self.latency_repeats)
+        """compression.json: the target ``sparsity``, the deployable's costs and per-layer sparsity
+        (its latency is added by ``record_compression``)."""
+        numbers = measure(deployable_of(pl_module), repeats=0)
         layers = {}
         for name, module in self.targets.items():
             weight = _effective_weight(module)
@@ -394,117 +380,7 @@ class PruningCallback(Callback):
 
 
 # ----- helpers ------------------------------------------------------------------------------------
-def deployable_of(pl_module: nn.Module) -> nn.Module:
-    """``pl_module.deployable()`` where the module defines it, else the module itself."""
-    try:
-        return pl_module.deployable()  # type: ignore[operator]
-    except (AttributeError, NotImplementedError):
-        return pl_module
-
-
-def example_input_of(pl_module: nn.Module, batch_size: int) -> Any:
-    """``pl_module.example_input(batch_size)`` on the CPU, or None where the module has none."""
-    try:
-        example = pl_module.example_input(batch_size)  # type: ignore[operator]
-    except (AttributeError, NotImplementedError):
-        return None
-    if isinstance(example, tuple):
-        return tuple(x.cpu() if isinstance(x, torch.Tensor) else x for x in example)
-    return example.cpu() if isinstance(example, torch.Tensor) else example
-
-
-def _weight(module: nn.Module) -> torch.Tensor:
-    """The trainable tensor behind ``weight`` (``weight_orig`` once pruned)."""
-    orig = getattr(module, PARAM + "_orig", None)
-    return orig if orig is not None else getattr(module, PARAM)
-
-
 def _effective_weight(module: nn.Module) -> torch.Tensor:
     mask = getattr(module, PARAM + "_mask", None)
-    weight = _weight(module).detach()
+    weight = weight_of(module).detach()
     return weight if mask is None else weight * mask
-
-
-def _keep_largest(scores: torch.Tensor, prune_count: int) -> torch.Tensor:
-    """Boolean mask of ``scores``' shape keeping all but the ``prune_count`` smallest (ties: lower index)."""
-    keep = torch.ones(scores.numel(), dtype=torch.bool)
-    if prune_count > 0:
-        order = torch.argsort(scores.flatten(), stable=True)
-        keep[order[:prune_count]] = False
-    return keep.view(scores.shape)
-
-
-def _has_weight(module: nn.Module) -> bool:
-    weight = module._parameters.get(PARAM) if PARAM in module._parameters else None
-    return isinstance(weight, nn.Parameter) or isinstance(
-        getattr(module, PARAM + "_orig", None), nn.Parameter
-    )
-
-
-def _patterns(value: Sequence[str] | str | None, key: str) -> list[str]:
-    if value is None:
-        return []
-    patterns = [value] if isinstance(value, str) else list(value)
-    for pattern in patterns:
-        if not isinstance(pattern, str):
-            raise ConfigError(key, value, "a list of regular expressions over module names")
-        try:
-            re.compile(pattern)
-        except re.error as err:
-            raise ConfigError(key, pattern, f"a valid regular expression ({err})") from None
-    return patterns
-
-
-def find_targets(
-    root: nn.Module, include: Sequence[str], exclude: Sequence[str], key_prefix: str = "compression.prune"
-) -> dict[str, nn.Module]:
-    """The modules whose ``weight`` is pruned, by name inside ``root``.
-
-    Default: every Linear/Conv/ConvTranspose, except one whose weight is shared with a non-target module
-    (a GPT head tied to its token embedding). With ``include``: every module with a weight whose name
-    matches a pattern (``re.search``); a pattern matching nothing is a ConfigError. ``exclude`` removes.
-    """
-    named = [(name, m) for name, m in root.named_modules() if _has_weight(m)]
-    if include:
-        for pattern in include:
-            if not any(re.search(pattern, name) for name, _ in named):
-                raise ConfigError(
-                    f"{key_prefix}.include",
-                    pattern,
-                    f"a regex matching a module with a weight in deployable(), e.g. one of {[n for n, _ in named][:8]}",
-                )
-        targets = {name: m for name, m in named if any(re.search(p, name) for p in include)}
-    else:
-        targets = {name: m for name, m in named if isinstance(m, DEFAULT_TYPES)}
-        others = {
-            id(p) for name, m in root.named_modules() if name not in targets for p in m.parameters(False)
-        }
-        tied = [name for name, m in targets.items() if id(_weight(m)) in others]
-        for name in tied:
-            log.info(
-                "Not pruning %s: its weight is shared with a non-target module (e.g. a tied embedding)", name
-            )
-            del targets[name]
-    targets = {name: m for name, m in targets.items() if not any(re.search(p, name) for p in exclude)}
-    if not targets:
-        key = f"{key_prefix}.exclude" if exclude else f"{key_prefix}.include"
-        raise ConfigError(key, list(exclude or include), "patterns that leave at least one layer to prune")
-    return targets
-
-
-def _accept_plain_weight(module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-    """Let a pruned module load a plain checkpoint weight: orig = weight, mask = weight != 0."""
-    key = prefix + PARAM
-    if key in state_dict and prefix + PARAM + "_orig" not in state_dict:
-        weight = state_dict.pop(key)
-        state_dict[prefix + PARAM + "_orig"] = weight
-        state_dict[prefix + PARAM + "_mask"] = (weight != 0).to(module.weight_mask.dtype)
-
-
-def _tensorboard(pl_module: L.LightningModule) -> Any | None:
-    from lightning.pytorch.loggers import TensorBoardLogger
-
-    for logger in pl_module.loggers:
-        if isinstance(logger, TensorBoardLogger):
-            return logger.experiment
-    return None

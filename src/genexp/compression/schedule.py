@@ -21,17 +21,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from genexp.checks import fraction, int_at_least, one_of
 from genexp.errors import ConfigError
 
 RAMPS = ("cubic", "linear", "one_shot")
 
 
-def _is_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+def last_epoch(max_epochs: int | None) -> int | None:
+    """The last 0-based epoch of a fit of ``trainer.max_epochs`` epochs (None: unbounded)."""
+    return max_epochs - 1 if max_epochs is not None and max_epochs >= 0 else None
 
 
 @dataclass(frozen=True)
@@ -64,21 +62,16 @@ class CompressionSchedule:
 
     def __post_init__(self) -> None:
         p = self.key_prefix
-        if not _is_int(self.start_epoch) or self.start_epoch < 0:
-            raise ConfigError(f"{p}.start_epoch", self.start_epoch, "an integer >= 0")
-        if not _is_int(self.end_epoch) or self.end_epoch < 0:
-            raise ConfigError(f"{p}.end_epoch", self.end_epoch, "an integer >= 0")
+        int_at_least(f"{p}.start_epoch", self.start_epoch, 0)
+        int_at_least(f"{p}.end_epoch", self.end_epoch, 0)
         if self.start_epoch > self.end_epoch:
             raise ConfigError(
                 f"{p}.start_epoch", self.start_epoch, f"an epoch <= {p}.end_epoch={self.end_epoch}"
             )
-        if not _is_int(self.every_n_epochs) or self.every_n_epochs < 1:
-            raise ConfigError(f"{p}.every_n_epochs", self.every_n_epochs, "an integer >= 1")
+        int_at_least(f"{p}.every_n_epochs", self.every_n_epochs, 1)
         for key, value in ((self.initial_key, self.initial), (self.final_key, self.final)):
-            if not _is_number(value) or not 0.0 <= value < 1.0:
-                raise ConfigError(f"{p}.{key}", value, "a fraction in [0, 1)")
-        if self.ramp not in RAMPS:
-            raise ConfigError(f"{p}.ramp", self.ramp, f"one of {list(RAMPS)}")
+            fraction(f"{p}.{key}", value)
+        one_of(f"{p}.ramp", self.ramp, RAMPS)
 
     def update_epochs(self) -> list[int]:
         """The epochs at which the amount changes: every n epochs from start, plus ``end_epoch``."""

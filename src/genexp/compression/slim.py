@@ -23,11 +23,12 @@ import copy
 
 import torch
 from torch import nn
-from torch.nn.utils import prune
+
+from genexp.deploy.layers import CONV_TRANSPOSE_TYPES, plain_copy
 
 ZERO_PRESERVING = (nn.ReLU, nn.GELU, nn.SiLU, nn.Tanh, nn.LeakyReLU, nn.Identity, nn.Dropout)
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_CONVT = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_CONVT = CONV_TRANSPOSE_TYPES
 
 
 def _channel_layer(m: nn.Module) -> bool:
@@ -37,22 +38,6 @@ def _channel_layer(m: nn.Module) -> bool:
 def _dims(m: nn.Module) -> tuple[int, int]:
     """(output-channel dim, input-channel dim) of the weight."""
     return (1, 0) if isinstance(m, _CONVT) else (0, 1)
-
-
-def plain_copy(m: nn.Module) -> nn.Module:
-    """A copy of ``m`` with any pruning reparametrization folded into plain parameters."""
-    memo = {  # the masked ``weight`` a pruning hook leaves behind is a non-leaf tensor: copy it detached
-        id(v): v.detach().clone()
-        for module in m.modules()
-        for v in vars(module).values()
-        if isinstance(v, torch.Tensor) and not v.is_leaf
-    }
-    fresh = copy.deepcopy(m, memo)
-    for module in fresh.modules():
-        for hook in list(module._forward_pre_hooks.values()):
-            if isinstance(hook, prune.BasePruningMethod):
-                prune.remove(module, hook._tensor_name)
-    return fresh
 
 
 def _slice(m: nn.Module, dim_kind: int, keep: torch.Tensor) -> nn.Module:

@@ -1,6 +1,6 @@
 """One row of the report: quality, size and speed of a loaded checkpoint, run or artifact.
 
-Size comes from ``genexp.compression.measure.measure`` on ``deployable()`` (the numbers ``compression.json``
+Size comes from ``genexp.deploy.costs.measure`` on ``deployable()`` (the numbers ``compression.json``
 holds): parameters, non-zeros, ``bytes_dense`` (``torch.save`` of the state dict) and ``bytes_sparse`` (the
 bitmask format). ``bytes`` is what ships in genexp's smallest format: the smaller of the two, for a
 checkpoint and a quantized artifact alike (an artifact's ``deployable.pt`` stores its weights in the bitmask
@@ -21,11 +21,11 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from genexp.build import instantiate
-from genexp.compression.measure import cpu_latency_ms, measure
+from genexp.deploy.costs import measure
+from genexp.deploy.latency import cpu_latency_ms, gpu_latency, on_device, throughput
 from genexp.errors import ConfigError
+from genexp.rebuild import Loaded
 from genexp.report.family import compression_of, family_of, model_class
-from genexp.report.load import Loaded
-from genexp.report.speed import gpu_latency, on_device, throughput
 from genexp.run_folder import scalar_metrics
 
 DEFAULT_BATCH_SIZE = 16

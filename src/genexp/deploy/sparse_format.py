@@ -1,10 +1,8 @@
-"""What a compressed network costs: parameters, non-zeros, bytes on disk and CPU latency.
+"""genexp's weight format: plain state dicts with pruning folded in, and the bitmask encoding of zeros.
 
-The same numbers go to TensorBoard, ``compression.json`` and the benchmarks, all from ``measure()``.
-
-Sizes are real serialized bytes (``torch.save`` into a buffer), of the *deployable* state dict: a
-pruning reparametrization (``weight_orig`` and ``weight_mask``) is folded into the plain ``weight``
-first, so the numbers describe what ships, not the training-time bookkeeping.
+Sizes everywhere (``costs.measure``, the artifact, the report) are real ``torch.save`` bytes of the
+*deployable* state dict: a pruning reparametrization (``weight_orig`` and ``weight_mask``) is folded into the
+plain ``weight`` first, so the numbers describe what ships, not the training-time bookkeeping.
 
 Sparse format (``sparse_state_dict``), chosen per tensor, whichever is smaller:
 
@@ -19,20 +17,16 @@ tensor subclass (torchao's ``Int8Tensor``) is taken apart through the subclass p
 (``__tensor_flatten__``) into ``{"subclass": "<module>.<class>", "inner": {name: entry}, "ctx": ...,
 "shape": [...], "stride": [...]}``, each inner tensor (int8 ``qdata``, ``scale``...) encoded as above. So a
 pruned, then int8-quantized network keeps both savings: its zeros cost a bit each, its non-zeros a byte.
+A tensor tied to an earlier key (a GPT head tied to its embedding) is stored once, as ``{"tied": key}``.
 
 ``load_sparse_state_dict`` turns it back into an ordinary state dict (subclasses rebuilt with
 ``__tensor_unflatten__``; only torchao's classes are accepted).
-
-Quantized weights count too: a torchao tensor subclass is measured through its ``dequantize()`` values, and
-int8 buffers (the ``Int8WeightConv`` weights of ``quantize.py``) count as parameters.
 """
 
 from __future__ import annotations
 
 import importlib
 import io
-import statistics
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -174,79 +168,3 @@ def is_plain(tensor: torch.Tensor) -> bool:
 def values_of(tensor: torch.Tensor) -> torch.Tensor:
     """The values a tensor stands for: ``dequantize()`` of a quantized subclass, else the tensor."""
     return tensor if is_plain(tensor) or not hasattr(tensor, "dequantize") else tensor.dequantize()
-
-
-def layer_stats(module: nn.Module) -> dict[str, dict[str, float]]:
-    """``{parameter name: {"params", "nonzero", "sparsity"}}`` over the deployable state dict
-    (floating tensors, quantized subclasses and int8 tensors)."""
-    stats: dict[str, dict[str, float]] = {}
-    for key, tensor in deployable_state_dict(module).items():
-        if not (tensor.is_floating_point() or tensor.dtype == torch.int8):
-            continue
-        tensor = values_of(tensor)
-        numel = tensor.numel()
-        nonzero = int(torch.count_nonzero(tensor))
-        stats[key] = {"params": numel, "nonzero": nonzero, "sparsity": 1 - nonzero / numel if numel else 0.0}
-    return stats
-
-
-@torch.no_grad()
-def cpu_latency_ms(module: nn.Module, example_input: Any, repeats: int = 20, warmup: int = 3) -> float:
-    """Median wall-clock milliseconds of ``module(example_input)`` in eval mode (after ``warmup`` calls).
-
-    The module and input must be on the CPU; a tuple input is unpacked into positional arguments.
-    """
-    args = example_input if isinstance(example_input, tuple) else (example_input,)
-    was_training = module.training
-    module.eval()
-    try:
-        for _ in range(warmup):
-            module(*args)
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            module(*args)
-            times.append((time.perf_counter() - start) * 1e3)
-    finally:
-        module.train(was_training)
-    return statistics.median(times)
-
-
-def measure(
-    module: nn.Module,
-    example_input: Any = None,
-    *,
-    repeats: int = 20,
-    warmup: int = 3,
-    per_layer: bool = False,
-) -> dict[str, float]:
-    """Flat numbers describing ``module`` as it ships.
-
-    Returns:
-        ``params``, ``nonzero`` and ``sparsity`` (over all floating parameters and buffers),
-        ``bytes_dense`` (``torch.save`` of the folded state dict), ``bytes_sparse`` (the bitmask
-        format above), ``sparse_ratio`` (sparse / dense), and ``latency_ms`` (median CPU ms on
-        ``example_input``) when an input is given and ``repeats > 0``. With ``per_layer=True`` also
-        ``layers/<parameter>/params|nonzero|sparsity``.
-    """
-    state = deployable_state_dict(module)
-    stats = layer_stats(module)
-    params = sum(int(s["params"]) for s in stats.values())
-    nonzero = sum(int(s["nonzero"]) for s in stats.values())
-    bytes_dense = serialized_bytes(state)
-    bytes_sparse = serialized_bytes(sparse_state_dict(state))
-    out: dict[str, float] = {
-        "params": params,
-        "nonzero": nonzero,
-        "sparsity": 1 - nonzero / params if params else 0.0,
-        "bytes_dense": bytes_dense,
-        "bytes_sparse": bytes_sparse,
-        "sparse_ratio": bytes_sparse / bytes_dense,
-    }
-    if example_input is not None and repeats > 0:
-        out["latency_ms"] = cpu_latency_ms(module, example_input, repeats=repeats, warmup=warmup)
-    if per_layer:
-        for name, layer in stats.items():
-            for key, value in layer.items():
-                out[f"layers/{name}/{key}"] = value
-    return out

@@ -1,20 +1,41 @@
 """Latency and throughput of a deployable on a fixed batch: CPU (median of repeats), and GPU when present.
 
-The CPU figure is ``genexp.compression.measure.cpu_latency_ms`` (the number ``compression.json`` and the
-benchmarks use). ``interleaved_cpu_latency`` times several modules in alternating rounds, so that a
-shared machine's load drifts over all of them alike (a sweep's ratios stay honest).
+``cpu_latency_ms`` is the one CPU figure (``compression.json``, the report, TensorBoard and the benchmarks
+use it). ``interleaved_cpu_latency`` times several modules in alternating rounds, so that a shared
+machine's load drifts over all of them alike (a sweep's ratios stay honest).
 """
 
 from __future__ import annotations
 
 import copy
 import statistics
+import time
 from typing import Any
 
 import torch
 from torch import nn
 
-from genexp.compression.measure import cpu_latency_ms
+
+@torch.no_grad()
+def cpu_latency_ms(module: nn.Module, example_input: Any, repeats: int = 20, warmup: int = 3) -> float:
+    """Median wall-clock milliseconds of ``module(example_input)`` in eval mode (after ``warmup`` calls).
+
+    The module and input must be on the CPU; a tuple input is unpacked into positional arguments.
+    """
+    args = example_input if isinstance(example_input, tuple) else (example_input,)
+    was_training = module.training
+    module.eval()
+    try:
+        for _ in range(warmup):
+            module(*args)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            module(*args)
+            times.append((time.perf_counter() - start) * 1e3)
+    finally:
+        module.train(was_training)
+    return statistics.median(times)
 
 
 def on_device(example: Any, device: torch.device | str) -> Any:
