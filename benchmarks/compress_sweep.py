@@ -15,37 +15,20 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
-REPO = Path(__file__).resolve().parents[1]
+from _harness import genexp_train, run_seconds
 
 
 def run_sweep(experiment: str, overrides: list[str], cwd: Path) -> tuple[Path, float]:
     """Run the multirun; returns its sweep folder and wall seconds."""
     before = set((cwd / "outputs" / "train" / "multiruns").glob("*"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])}
-    start = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "genexp.train", "-m", f"experiment={experiment}", *overrides],
-        cwd=cwd,
-        env=env,
-        check=True,
-    )
-    seconds = time.perf_counter() - start
+    seconds = genexp_train(["-m", f"experiment={experiment}", *overrides], cwd=cwd, quiet=False)
     [sweep] = set((cwd / "outputs" / "train" / "multiruns").glob("*")) - before
     return sweep, seconds
-
-
-def train_seconds(run_dir: Path) -> float:
-    """From the job's config being written to its metrics.json being written (fit + test + compression)."""
-    return (run_dir / "metrics.json").stat().st_mtime - (run_dir / ".hydra" / "config.yaml").stat().st_mtime
 
 
 def ratio(value: float | None) -> str:
@@ -57,12 +40,12 @@ def report_table(sweep: Path) -> Table:
     report = json.loads((sweep / "compare" / "report.json").read_text())
     rows = report["runs"]
     base = next((r for r in rows if r["is_baseline"]), rows[0])
-    base_seconds = train_seconds(Path(base["run_dir"]))
+    base_seconds = run_seconds(Path(base["run_dir"]))
     table = Table(title=f"{sweep} ({len(rows)} runs, ratios against the dense baseline {base['run']})")
     for header in ("run", report["quality_metric"], "x", "KiB", "x", "CPU ms", "x", "train s", "x"):
         table.add_column(header, justify="left" if header == "run" else "right")
     for r in rows:
-        seconds = train_seconds(Path(r["run_dir"]))
+        seconds = run_seconds(Path(r["run_dir"]))
         table.add_row(
             r["short"] + (" (baseline)" if r["is_baseline"] else ""),
             f"{r['quality']:.4f}",

@@ -15,8 +15,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,8 +23,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from rich.console import Console
 from rich.table import Table
 
+from _harness import genexp_train
+
 HERE = Path(__file__).resolve().parent
-SRC = HERE.parent / "src"
 
 
 class EpochTimer(Callback):
@@ -46,15 +45,8 @@ class EpochTimer(Callback):
 
 def run(name: str, overrides: list[str], workdir: Path) -> dict[str, float]:
     run_dir, timer = workdir / name, workdir / f"{name}.times.json"
-    env = {
-        **os.environ,
-        "PYTHONPATH": os.pathsep.join([str(SRC), str(HERE), os.environ.get("PYTHONPATH", "")]),
-    }
+    env = {"PYTHONPATH": os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")])}  # for EpochTimer
     cmd = [
-        sys.executable,
-        "-m",
-        "genexp.train",
-        f"hydra.run.dir={run_dir}",
         "+callbacks.epoch_timer._target_=ddp_cpu.EpochTimer",
         f"+callbacks.epoch_timer.path={timer}",
         "callbacks.progress_bar=null",
@@ -63,11 +55,7 @@ def run(name: str, overrides: list[str], workdir: Path) -> dict[str, float]:
         "test=false",
         *overrides,
     ]
-    start = time.perf_counter()
-    subprocess.run(
-        cmd, check=True, env=env, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    wall = time.perf_counter() - start
+    wall = genexp_train(cmd, run_dir, cwd=workdir, env=env)
     times = json.loads(timer.read_text())
     metrics = json.loads((run_dir / "metrics.json").read_text())
     return {"val_loss": metrics["val/loss"], "epoch_s": statistics.median(times[1:] or times), "wall_s": wall}

@@ -20,8 +20,6 @@ import argparse
 import json
 import math
 import os
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,9 +28,9 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from _harness import SHAKESPEARE, genexp_train
 from genexp.compression.distill import load_teacher
 
-SHAKESPEARE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_model_summary=false"]
 
 
@@ -107,17 +105,8 @@ def train(out: Path, overrides: list[str], seed: int) -> tuple[dict[str, float],
         if saved != command:
             raise SystemExit(f"{out} holds a run with other overrides ({saved}); choose another --out")
     else:
-        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        print("$ genexp-train", " ".join(command), flush=True)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        with (out.parent / f"{out.name}.log").open("w") as log:
-            subprocess.run(
-                [sys.executable, "-m", "genexp.train", *command, f"hydra.run.dir={out}"],
-                check=True,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        env = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+        genexp_train(command, out, env=env, log=out.parent / f"{out.name}.log")
     seconds = time.perf_counter() - start
     return json.loads(metrics.read_text()), "reused" if seconds < 1 else f"{seconds:.0f} s"
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import math
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -28,9 +27,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
+from _harness import CONF, SHAKESPEARE
 from genexp.build import (  # noqa: E402
     build_callbacks,
     build_datamodule,
@@ -40,7 +37,7 @@ from genexp.build import (  # noqa: E402
 )
 from genexp.models.gpt import GPT  # noqa: E402
 
-DEFAULT_DATA = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+DEFAULT_DATA = SHAKESPEARE
 
 
 def compose_recipe(args: argparse.Namespace, out: Path) -> DictConfig:
@@ -59,7 +56,7 @@ def compose_recipe(args: argparse.Namespace, out: Path) -> DictConfig:
         overrides.append("callbacks.progress_bar=null")
     overrides += args.overrides
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.paths.output_dir = str(out)

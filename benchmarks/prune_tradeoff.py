@@ -18,12 +18,8 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -33,13 +29,13 @@ from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
+from _harness import CONF, genexp_train, read_json
 from genexp.build import build_datamodule, build_model
-from genexp.compression.measure import cpu_latency_ms, measure
-from genexp.compression.prune import PruningCallback, deployable_of
+from genexp.compression.prune import PruningCallback
 from genexp.compression.slim import slim
-
-REPO = Path(__file__).resolve().parents[1]
-CONF = REPO / "conf"
+from genexp.compression.targets import deployable_of
+from genexp.deploy.costs import measure
+from genexp.deploy.latency import cpu_latency_ms
 
 
 def available(family: str) -> bool:
@@ -63,15 +59,10 @@ def composed(overrides: list[str]) -> DictConfig:
 
 # ----- (a) GPT: val loss, dense vs 80% sparse ---------------------------------------------------------
 def run_cli(args: list[str], run_dir: Path) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src") + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    cmd = [sys.executable, "-m", "genexp.train", *args, f"hydra.run.dir={run_dir}"]
-    print("$", " ".join(cmd[1:]), flush=True)
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=run_dir.parent)
-    if done.returncode != 0:
-        raise SystemExit(f"run failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    out = {"metrics": json.loads((run_dir / "metrics.json").read_text())}
+    genexp_train(args, run_dir, log=run_dir.parent / f"{run_dir.name}.log")
+    out = {"metrics": read_json(run_dir / "metrics.json")}
     if (run_dir / "compression.json").is_file():
-        out["compression"] = json.loads((run_dir / "compression.json").read_text())
+        out["compression"] = read_json(run_dir / "compression.json")
     return out
 
 

@@ -1,10 +1,10 @@
 """Quantization, measured: int8 GPT against fp32 (latency eager and compiled, Linear bytes, val loss, QAT vs PTQ),
 and the GAN and VAE (size, latency, domain FID) before and after int8.
 
-    PYTHONPATH=src python benchmarks/quantize_gpt.py --steps 2000          # the full gpt_shakespeare_cpu recipe
-    PYTHONPATH=src python benchmarks/quantize_gpt.py --steps 400           # shorter: 10 epochs x 40 batches
-    PYTHONPATH=src python benchmarks/quantize_gpt.py --ckpt RUN/checkpoints/last.ckpt --skip-images  # no QAT row
-    PYTHONPATH=src python benchmarks/quantize_gpt.py --skip-gpt --vae RUN --gan RUN  # score finished runs
+    python benchmarks/quantize_gpt.py --steps 2000          # the full gpt_shakespeare_cpu recipe
+    python benchmarks/quantize_gpt.py --steps 400           # shorter: 10 epochs x 40 batches
+    python benchmarks/quantize_gpt.py --ckpt RUN/checkpoints/last.ckpt --skip-images  # no QAT row
+    python benchmarks/quantize_gpt.py --skip-gpt --vae RUN --gan RUN  # score finished runs
 
 GPT (``experiment=gpt_shakespeare_cpu``, ``--steps`` AdamW steps over 10 epochs, same seed):
 - fp32: a plain run; PTQ: ``QuantizationCallback(mode="ptq")`` on its final weights;
@@ -26,10 +26,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,55 +37,27 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
+from _harness import SHAKESPEARE, genexp_train
+from genexp.compression.quantize import QuantizationCallback
+from genexp.deploy.costs import measure, weight_bytes
+from genexp.deploy.latency import cpu_latency_ms
+from genexp.deploy.layers import CONV_TYPES as CONVS
+from genexp.rebuild import load_any, load_deployable, load_model
 
-from genexp.build import build_datamodule, build_model  # noqa: E402
-from genexp.checkpoints import load_checkpoint  # noqa: E402
-from genexp.compression.measure import cpu_latency_ms, measure  # noqa: E402
-from genexp.compression.quantize import (  # noqa: E402
-    CONVS,
-    QuantizationCallback,
-    install_artifact,
-    load_deployable,
-    read_artifact,
-    weight_bytes,
-)
-from genexp.models.base import CONFIG_KEY  # noqa: E402
-
-GPT = ["experiment=gpt_shakespeare_cpu", f"data.path={REPO.parent / 'shared/data/tinyshakespeare/input.txt'}"]
+GPT = ["experiment=gpt_shakespeare_cpu", f"data.path={SHAKESPEARE}"]
 
 
 def train(args: list[str], run_dir: Path) -> Path:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "GENEXP_DATA_DIR": str(run_dir.parent / "data")}
-    cmd = [
-        sys.executable,
-        "-m",
-        "genexp.train",
-        *args,
-        "callbacks.progress_bar=null",
-        f"hydra.run.dir={run_dir}",
-    ]
-    print("$ genexp-train", " ".join(args), flush=True)
-    start = time.perf_counter()
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=run_dir.parent)
-    if done.returncode != 0:
-        sys.exit(f"run failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    print(f"  done in {time.perf_counter() - start:.0f}s: {run_dir}", flush=True)
+    env = {"GENEXP_DATA_DIR": str(run_dir.parent / "data")}
+    seconds = genexp_train([*args, "callbacks.progress_bar=null"], run_dir, env=env)
+    print(f"  done in {seconds:.0f}s: {run_dir}", flush=True)
     return run_dir
 
 
 def load(ckpt: Path):
-    checkpoint = load_checkpoint(ckpt)
-    cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
-    datamodule = build_datamodule(cfg)
-    key = type(datamodule).__qualname__
-    if key in checkpoint:
-        datamodule.load_state_dict(checkpoint[key])
-    datamodule.setup("fit")
-    model = build_model(cfg, datamodule)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), datamodule, cfg
+    loaded = load_model(ckpt)
+    loaded.datamodule.setup("fit")
+    return loaded.model.eval(), loaded.datamodule, OmegaConf.create(loaded.config)
 
 
 @torch.no_grad()
@@ -220,9 +189,7 @@ def image_section(args: argparse.Namespace, scratch: Path) -> None:
             scratch / name.lower(),
         )
         model, datamodule, cfg = load(run / "checkpoints" / "last.ckpt")
-        quant_model = build_model(cfg, datamodule)
-        install_artifact(quant_model, read_artifact(run / "quantized"))
-        quant_model.eval()
+        quant_model = load_any(run / "quantized").model.eval()
         if scorer is None:
             classifier = load_or_train_classifier(
                 Path(cfg.paths.data_dir), datamodule.name, datamodule.resize, datamodule.seed,

@@ -12,24 +12,17 @@ ceiling, KID, classes covered (share >= 3%), the smallest class share and KL(sam
 from __future__ import annotations
 
 import argparse
-import os
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "src"))
-
-from genexp.build import build_datamodule, build_model  # noqa: E402
-from genexp.checkpoints import load_checkpoint  # noqa: E402
-from genexp.metrics.features import DomainFeatures, load_or_train_classifier  # noqa: E402
-from genexp.metrics.scores import QualityScorer  # noqa: E402
-from genexp.models.base import CONFIG_KEY  # noqa: E402
+from _harness import genexp_train
+from genexp.metrics.features import DomainFeatures, load_or_train_classifier
+from genexp.metrics.scores import QualityScorer
+from genexp.rebuild import load_model
 
 RECIPES = {"gan": ["experiment=gan_digits"], "vae": []}
 
@@ -38,13 +31,8 @@ def train_run(name: str, scratch: Path, extra: list[str]) -> tuple[Path, float]:
     """Run genexp-train for a recipe in ``scratch``; returns its run folder and wall time."""
     cwd = scratch / name
     cwd.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "GENEXP_DATA_DIR": str(scratch / "data")}
-    start = time.perf_counter()
-    args = [sys.executable, "-m", "genexp.train", *RECIPES[name], *extra, "callbacks.progress_bar=null"]
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - start
-    if result.returncode != 0:
-        sys.exit(f"{' '.join(args[2:])} failed:\n{result.stderr[-3000:]}")
+    env = {"GENEXP_DATA_DIR": str(scratch / "data")}
+    seconds = genexp_train([*RECIPES[name], *extra, "callbacks.progress_bar=null"], cwd=cwd, env=env)
     (run,) = [p.parent for p in (cwd / "outputs" / "train" / "runs").glob("*/metrics.json")]
     return run, seconds
 
@@ -52,13 +40,9 @@ def train_run(name: str, scratch: Path, extra: list[str]) -> tuple[Path, float]:
 def load_run(run: Path):
     """The model from a run folder's best checkpoint, and its (set up) data module."""
     best = sorted(p for p in (run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
-    checkpoint = load_checkpoint(best[-1] if best else run / "checkpoints" / "last.ckpt")
-    cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
-    datamodule = build_datamodule(cfg)
-    datamodule.setup()
-    model = build_model(cfg, datamodule)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), datamodule, cfg
+    loaded = load_model(best[-1] if best else run / "checkpoints" / "last.ckpt")
+    loaded.datamodule.setup()
+    return loaded.model.eval(), loaded.datamodule, OmegaConf.create(loaded.config)
 
 
 def main() -> None:

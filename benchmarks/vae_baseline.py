@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,6 +18,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
+from _harness import genexp_train
 from genexp.data.images import ImageDataModule
 
 
@@ -46,11 +45,7 @@ def main() -> None:
     if args.run is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         args.run = Path("outputs") / "benchmarks" / f"vae_baseline-{stamp}"
-        start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "genexp.train", f"hydra.run.dir={args.run}", *args.overrides], check=True
-        )
-        seconds = time.perf_counter() - start
+        seconds = genexp_train(args.overrides, args.run, cwd=Path.cwd(), quiet=False)
     cfg = OmegaConf.load(args.run / ".hydra" / "config.yaml")
     metrics = json.loads((args.run / "metrics.json").read_text())
     data = {k: v for k, v in OmegaConf.to_container(cfg.data, resolve=False).items() if k != "_target_"}

@@ -16,12 +16,19 @@ from genexp.models.base import GenerativeModule
 
 
 def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
-    """`hydra.utils.instantiate` that lets genexp's own errors through and names the config key otherwise."""
+    """`hydra.utils.instantiate` that lets genexp's own errors through and names the config key otherwise.
+
+    A ConfigError whose key is a bare argument name (``ConfigError("width", 0, ...)`` from a constructor) is
+    re-raised under the config path, ``model.width``.
+    """
     try:
         return hydra.utils.instantiate(node, **kwargs)
     except InstantiationException as err:
         cause: BaseException | None = err
         while cause is not None:
+            if isinstance(cause, ConfigError) and "." not in cause.key and "=" not in cause.key:
+                # a constructor named its own argument (a user's model): add the config path we know
+                raise ConfigError(f"{key}.{cause.key}", cause.value, cause.expected) from None
             if isinstance(cause, GenexpError):
                 raise cause from None
             cause = cause.__cause__

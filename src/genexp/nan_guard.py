@@ -8,7 +8,8 @@ import lightning as L
 import torch
 from lightning.pytorch import Callback
 
-from genexp.errors import ConfigError, GenexpError
+from genexp.checks import int_at_least, one_of
+from genexp.errors import GenexpError
 
 POLICIES = ("stop", "skip")
 
@@ -28,10 +29,8 @@ class NonFiniteGuard(Callback):
     """
 
     def __init__(self, policy: str = "stop", max_skips: int = 10) -> None:
-        if policy not in POLICIES:
-            raise ConfigError("callbacks.nan_guard.policy", policy, f"one of {list(POLICIES)}")
-        if not isinstance(max_skips, int) or max_skips < 0:
-            raise ConfigError("callbacks.nan_guard.max_skips", max_skips, "an integer >= 0")
+        one_of("callbacks.nan_guard.policy", policy, POLICIES)
+        int_at_least("callbacks.nan_guard.max_skips", max_skips, 0)
         self.policy, self.max_skips = policy, max_skips
         self.skipped = 0
 

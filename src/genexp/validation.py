@@ -7,10 +7,10 @@ run-level keys (``trainer.*``, ``seed``, ``ckpt_path``) before anything is built
 from __future__ import annotations
 
 import os
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from genexp.checks import int_at_least, is_int, number_at_least
 from genexp.errors import ConfigError
 
 PRECISIONS = (
@@ -25,15 +25,12 @@ PRECISIONS = (
 )
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def check_int(cfg: DictConfig, key: str, minimum: int, allow_none: bool = False) -> None:
+    """``cfg``'s value at ``key`` is an integer >= ``minimum`` (or null)."""
     value = OmegaConf.select(cfg, key)
     if value is None and allow_none:
         return
-    if not _is_int(value) or value < minimum:
+    if not is_int(value) or value < minimum:  # "an integer >= 1", not "a positive integer": trainer keys
         raise ConfigError(key, value, f"an integer >= {minimum}" + (" or null" if allow_none else ""))
 
 
@@ -50,9 +47,7 @@ def check_trainer(cfg: DictConfig) -> None:
     precision = str(trainer.get("precision", "32-true"))
     if precision not in PRECISIONS:
         raise ConfigError("trainer.precision", precision, f"one of {list(PRECISIONS)}")
-    clip = trainer.get("gradient_clip_val")
-    if clip is not None and (not isinstance(clip, (int, float)) or clip < 0):
-        raise ConfigError("trainer.gradient_clip_val", clip, "a number >= 0 or null")
+    number_at_least("trainer.gradient_clip_val", trainer.get("gradient_clip_val"), 0, allow_none=True)
 
 
 GPU_ACCELERATORS = ("gpu", "cuda")
@@ -86,7 +81,7 @@ def check_hardware(cfg: DictConfig) -> None:
             "trainer.precision", precision, "32-true or bf16-mixed on the CPU (16-bit float needs a CUDA GPU)"
         )
     devices = trainer.get("devices")
-    if accelerator in GPU_ACCELERATORS and _is_int(devices) and devices > gpus:
+    if accelerator in GPU_ACCELERATORS and is_int(devices) and devices > gpus:
         raise ConfigError("trainer.devices", devices, f"at most {gpus}, the CUDA GPUs on this machine")
     check_slurm_tasks(cfg)
 
@@ -97,7 +92,7 @@ def check_slurm_tasks(cfg: DictConfig) -> None:
     if tasks is None or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
         return  # not a SLURM batch job (or an interactive shell, where Lightning launches its own ranks)
     devices, nodes = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes", 1) or 1
-    if not _is_int(devices) or not _is_int(nodes):
+    if not is_int(devices) or not is_int(nodes):
         return
     per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0] or str(int(tasks) // nodes)
     if devices * nodes != int(tasks) or str(devices) != per_node:
@@ -111,7 +106,7 @@ def check_slurm_tasks(cfg: DictConfig) -> None:
 
 def validate_train_config(cfg: DictConfig) -> None:
     """Reject bad run-level values before any object is built."""
-    check_int(cfg, "seed", 0)
+    int_at_least("seed", cfg.get("seed"), 0)
     check_trainer(cfg)
     check_hardware(cfg)
     metric = cfg.get("optimized_metric")

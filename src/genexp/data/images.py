@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
+from genexp.checks import fraction, int_at_least, one_of, positive_int
 from genexp.data.image_files import IMAGE_CHANNELS, NATIVE_SIZE, load_image_arrays
 from genexp.errors import ConfigError
 
@@ -53,15 +54,11 @@ class ImageDataModule(L.LightningDataModule):
             raise ConfigError(
                 "data.image_size", image_size, f"an integer >= the native size {native} of {name}"
             )
-        if resize not in RESIZE_MODES:
-            raise ConfigError("data.resize", resize, f"one of {list(RESIZE_MODES)}")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ConfigError("data.batch_size", batch_size, "a positive integer")
-        if not isinstance(num_workers, int) or num_workers < 0:
-            raise ConfigError("data.num_workers", num_workers, "an integer >= 0")
-        for key, value in (("data.val_fraction", val_fraction), ("data.test_fraction", test_fraction)):
-            if not isinstance(value, (int, float)) or not 0 < value < 1:
-                raise ConfigError(key, value, "a fraction in (0, 1)")
+        one_of("data.resize", resize, RESIZE_MODES)
+        positive_int("data.batch_size", batch_size)
+        int_at_least("data.num_workers", num_workers, 0)
+        fraction("data.val_fraction", val_fraction, open_low=True)
+        fraction("data.test_fraction", test_fraction, open_low=True)
         self.save_hyperparameters(logger=False)
         self.name, self.root, self.download = name, root, download
         self.image_size, self.resize = image_size, resize

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from genexp.checks import fraction, positive_int
 from genexp.errors import ConfigError, DataNotFoundError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
@@ -156,10 +157,8 @@ class TextDataModule(L.LightningDataModule):
             ("data.batches_per_epoch", batches_per_epoch),
             ("data.val_batches", val_batches),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(key, value, "a positive integer")
-        if not isinstance(val_fraction, (int, float)) or not 0 < val_fraction < 1:
-            raise ConfigError("data.val_fraction", val_fraction, "a fraction in (0, 1)")
+            positive_int(key, value)
+        fraction("data.val_fraction", val_fraction, open_low=True)
         self.save_hyperparameters(logger=False)
         self.name, self.path, self.url, self.download = name, Path(path), url, download
         self.block_size, self.batch_size = block_size, batch_size

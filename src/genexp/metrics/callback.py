@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch import Callback
 
-from genexp.errors import ConfigError
+from genexp.checks import int_at_least
 from genexp.metrics.features import (
     Classifier,
     DomainFeatures,
@@ -50,10 +50,8 @@ class SampleQuality(Callback):
         key: str = "callbacks.sample_quality",
     ) -> None:
         super().__init__()
-        if not isinstance(num_samples, int) or num_samples < 2:
-            raise ConfigError(f"{key}.num_samples", num_samples, "an integer >= 2")
-        if not isinstance(every_n_epochs, int) or every_n_epochs < 0:
-            raise ConfigError(f"{key}.every_n_epochs", every_n_epochs, "an integer >= 0")
+        int_at_least(f"{key}.num_samples", num_samples, 2)
+        int_at_least(f"{key}.every_n_epochs", every_n_epochs, 0)
         if inception_weights is not None:
             InceptionFeatures(inception_weights, key=f"{key}.inception_weights")  # fail fast, before fit
         self.cache_dir, self.seed, self.num_samples = cache_dir, seed, num_samples

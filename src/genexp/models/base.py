@@ -27,6 +27,7 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
+from genexp.checks import positive_number
 from genexp.errors import ConfigError
 from genexp.visual import image_grid, save_png
 
@@ -91,6 +92,16 @@ class GenerativeModule(L.LightningModule):
                 key,
                 f"a {type(teacher).__name__}",
                 f"a checkpoint of this run's model family ({type(self).__name__})",
+            )
+
+    def check_teacher_image_shape(self, teacher: GenerativeModule, key: str) -> None:
+        """Image families: the teacher was trained on images of this run's ``image_shape``."""
+        theirs, ours = tuple(getattr(teacher, "image_shape", ())), tuple(getattr(self, "image_shape", ()))
+        if theirs != ours:
+            raise ConfigError(
+                key,
+                f"a {type(teacher).__name__} on images of shape {theirs}",
+                f"a teacher trained on images of this run's shape {ours} (same data.name and data.image_size)",
             )
 
     def with_distillation(self, task_loss: torch.Tensor, batch: Any) -> torch.Tensor:
@@ -191,6 +202,4 @@ class Distiller(Protocol):
 
 
 def _check_lr(factory: OptimizerFactory) -> None:
-    lr = getattr(factory, "keywords", {}).get("lr")
-    if lr is not None and (not isinstance(lr, (int, float)) or isinstance(lr, bool) or lr <= 0):
-        raise ConfigError("optimizer.lr", lr, "a positive number")
+    positive_number("optimizer.lr", getattr(factory, "keywords", {}).get("lr"), allow_none=True)

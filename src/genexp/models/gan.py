@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genexp.checks import in_range, one_of, positive_int, positive_number
 from genexp.errors import ConfigError
 from genexp.models.base import GenerativeModule, OptimizerFactory
 
@@ -148,21 +149,15 @@ class GAN(GenerativeModule):
             ("model.d_channels", d_channels),
             ("model.d_steps", d_steps),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(key, value, "a positive integer")
-        if loss not in LOSSES:
-            raise ConfigError("model.loss", loss, f"one of {list(LOSSES)}")
-        if not isinstance(label_smoothing, (int, float)) or not 0 <= label_smoothing < 0.5:
-            raise ConfigError("model.label_smoothing", label_smoothing, "a number in [0, 0.5)")
+            positive_int(key, value)
+        one_of("model.loss", loss, LOSSES)
+        in_range("model.label_smoothing", label_smoothing, 0, 0.5)
         if loss == "hinge" and label_smoothing:
             raise ConfigError("model.label_smoothing", label_smoothing, "0 with model.loss=hinge")
-        if ema_decay is not None and (not isinstance(ema_decay, (int, float)) or not 0 <= ema_decay < 1):
-            raise ConfigError("model.ema_decay", ema_decay, "a number in [0, 1) or null")
+        in_range("model.ema_decay", ema_decay, 0, 1, allow_none=True)
         if optimizer_d is not None and not callable(optimizer_d):
             raise ConfigError("model.optimizer_d", optimizer_d, "an optimizer config with _partial_: true")
-        lr_d = getattr(optimizer_d, "keywords", {}).get("lr")
-        if lr_d is not None and (not isinstance(lr_d, (int, float)) or lr_d <= 0):
-            raise ConfigError("model.optimizer_d.lr", lr_d, "a positive number")
+        positive_number("model.optimizer_d.lr", getattr(optimizer_d, "keywords", {}).get("lr"), allow_none=True)
         image_shape = tuple(image_shape)  # type: ignore[assignment]
         self.save_hyperparameters(
             ignore=["optimizer", "scheduler", "optimizer_d", "scheduler_d"], logger=False
@@ -367,13 +362,7 @@ class GAN(GenerativeModule):
         """A GAN teacher on images of this shape and with this latent size (its noise is shared)."""
         super().check_teacher(teacher, key)
         assert isinstance(teacher, GAN)
-        if tuple(teacher.image_shape) != tuple(self.image_shape):
-            raise ConfigError(
-                key,
-                f"a GAN on images of shape {tuple(teacher.image_shape)}",
-                f"a teacher trained on images of this run's shape {tuple(self.image_shape)} "
-                "(same data.name and data.image_size)",
-            )
+        self.check_teacher_image_shape(teacher, key)
         if teacher.latent_dim != self.latent_dim:
             raise ConfigError(
                 key,

@@ -18,6 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.text import Perplexity
 
+from genexp.checks import in_range, int_at_least, is_number, positive_int
+from genexp.data.text import CharVocab
 from genexp.errors import ConfigError
 from genexp.models.base import GenerativeModule
 
@@ -153,19 +155,17 @@ class GPT(GenerativeModule):
             ("model.n_embd", n_embd),
             ("model.sample_tokens", sample_tokens),
         ):
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ConfigError(key, value, "a positive integer")
+            positive_int(key, value)
         if n_embd % n_head:
             raise ConfigError("model.n_embd", n_embd, f"a multiple of model.n_head={n_head}")
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ConfigError("model.dropout", dropout, "a number in [0, 1)")
+        in_range("model.dropout", dropout, 0, 1)
         # A plain list (not Hydra's ListConfig), so that checkpoints load with weights_only=True.
         vocab = [str(c) for c in vocab] if vocab is not None else None
         if vocab is not None and len(vocab) != vocab_size:
             raise ConfigError("model.vocab", f"{len(vocab)} characters", f"{vocab_size} (model.vocab_size)")
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.vocab = vocab
-        self.index = {c: i for i, c in enumerate(self.vocab or [])}
+        self.chars = CharVocab(vocab) if vocab is not None else None  # the data's vocabulary, not a copy
         self.block_size = block_size
         self.sample_prompt, self.sample_tokens = sample_prompt, sample_tokens
         self.temperature, self.top_k = temperature, top_k
@@ -182,18 +182,23 @@ class GPT(GenerativeModule):
         """Token ids of ``text``; a ConfigError naming ``key`` lists characters outside the vocabulary."""
         if self.vocab is None:
             raise ConfigError(key, text, "a model trained on text data (this one has no vocabulary)")
-        unknown = list(dict.fromkeys(c for c in text if c not in self.index))
+        unknown = self.chars.unknown(text)
         if unknown:
             raise ConfigError(
                 key,
                 text,
                 f"only characters from the training text's vocabulary (not in it: {''.join(unknown)!r})",
             )
-        return torch.tensor([self.index[c] for c in text], dtype=torch.long, device=self.device)
+        return self.chars.encode(text).to(self.device) if text else torch.zeros(0, dtype=torch.long, device=self.device)
 
     def decode(self, ids: torch.Tensor | list[int]) -> str:
-        assert self.vocab is not None
-        return "".join(self.vocab[int(i)] for i in ids)
+        assert self.chars is not None
+        return self.chars.decode(ids)
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Character -> token id."""
+        return self.chars.index if self.chars is not None else {}
 
     # ----- training ----------------------------------------------------------------------------------
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
@@ -275,8 +280,7 @@ class GPT(GenerativeModule):
 
         Characters of ``prompt`` outside the vocabulary raise a ConfigError naming ``key``.
         """
-        if not isinstance(max_new_tokens, int) or max_new_tokens < 0:
-            raise ConfigError("max_new_tokens", max_new_tokens, "an integer >= 0")
+        int_at_least("max_new_tokens", max_new_tokens, 0)
         _check_sampling(temperature, top_k)
         ids = self.encode(prompt, key=key)
         if len(ids) == 0:
@@ -368,7 +372,6 @@ class GPT(GenerativeModule):
 
 
 def _check_sampling(temperature: Any, top_k: Any, prefix: str = "") -> None:
-    if not isinstance(temperature, (int, float)) or isinstance(temperature, bool) or temperature <= 0:
+    if not is_number(temperature) or temperature <= 0:
         raise ConfigError(f"{prefix}temperature", temperature, "a number > 0")
-    if top_k is not None and (not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < 1):
-        raise ConfigError(f"{prefix}top_k", top_k, "a positive integer or null")
+    int_at_least(f"{prefix}top_k", top_k, 1, allow_none=True)

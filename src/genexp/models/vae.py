@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genexp.checks import number_at_least, one_of, positive_int
 from genexp.errors import ConfigError
 from genexp.models.base import GenerativeModule
 
@@ -102,14 +103,10 @@ class VAE(GenerativeModule):
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        if not isinstance(latent_dim, int) or latent_dim < 1:
-            raise ConfigError("model.latent_dim", latent_dim, "a positive integer")
-        if not isinstance(hidden_channels, int) or hidden_channels < 1:
-            raise ConfigError("model.hidden_channels", hidden_channels, "a positive integer")
-        if not isinstance(beta, (int, float)) or beta < 0:
-            raise ConfigError("model.beta", beta, "a number >= 0")
-        if likelihood not in LIKELIHOODS:
-            raise ConfigError("model.likelihood", likelihood, f"one of {list(LIKELIHOODS)}")
+        positive_int("model.latent_dim", latent_dim)
+        positive_int("model.hidden_channels", hidden_channels)
+        number_at_least("model.beta", beta, 0)
+        one_of("model.likelihood", likelihood, LIKELIHOODS)
         image_shape = tuple(image_shape)  # type: ignore[assignment]
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.image_shape, self.latent_dim, self.beta, self.likelihood = (
@@ -220,13 +217,7 @@ class VAE(GenerativeModule):
         """A VAE teacher on images of this shape, with the same likelihood."""
         super().check_teacher(teacher, key)
         assert isinstance(teacher, VAE)
-        if tuple(teacher.image_shape) != tuple(self.image_shape):
-            raise ConfigError(
-                key,
-                f"a VAE on images of shape {tuple(teacher.image_shape)}",
-                f"a teacher trained on images of this run's shape {tuple(self.image_shape)} "
-                "(same data.name and data.image_size)",
-            )
+        self.check_teacher_image_shape(teacher, key)
         if teacher.likelihood != self.likelihood:
             raise ConfigError(
                 key,

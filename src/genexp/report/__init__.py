@@ -1,6 +1,7 @@
 """The compression report: what a run, checkpoint or quantized artifact costs and how good it is.
 
-- ``load.load_any(path)``: a checkpoint (``.ckpt``), a run folder or a quantized artifact, rebuilt as a model;
+- targets are rebuilt by ``genexp.rebuild.load_any`` (a checkpoint, a run folder or a quantized artifact) and
+  measured through ``genexp.deploy`` (never ``genexp.compression``);
 - ``family``: each model family's quality metric (VAE negative ELBO, GAN domain FID, GPT loss / bpc / ppl);
 - ``measure_run.measure_target``: quality, parameters, non-zeros, bytes, CPU (and GPU) latency -> one dict;
 - ``compare.compare_runs``: every run of a sweep in one table, the dense baseline, ratios against it;

@@ -21,9 +21,9 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
 from genexp.build import instantiate
+from genexp.checks import int_at_least
 from genexp.deploy.costs import measure
 from genexp.deploy.latency import cpu_latency_ms, gpu_latency, on_device, throughput
-from genexp.errors import ConfigError
 from genexp.rebuild import Loaded
 from genexp.report.family import compression_of, family_of, model_class
 from genexp.run_folder import scalar_metrics
@@ -45,14 +45,8 @@ class SpeedSettings:
     def from_config(cls, node: DictConfig | dict[str, Any] | None) -> SpeedSettings:
         node = dict(node or {})
         for key in ("repeats", "warmup", "rounds"):
-            value = node.get(key, getattr(cls, key))
-            if not isinstance(value, int) or isinstance(value, bool) or value < (1 if key != "warmup" else 0):
-                raise ConfigError(
-                    f"report.{key}", value, "a positive integer" if key != "warmup" else "an integer >= 0"
-                )
-        size = node.get("batch_size")
-        if size is not None and (not isinstance(size, int) or isinstance(size, bool) or size < 1):
-            raise ConfigError("report.batch_size", size, "a positive integer or null")
+            int_at_least(f"report.{key}", node.get(key, getattr(cls, key)), 0 if key == "warmup" else 1)
+        size = int_at_least("report.batch_size", node.get("batch_size"), 1, allow_none=True)
         return cls(
             size,
             node.get("repeats", 20),

@@ -1,0 +1,92 @@
+"""The one harness the benchmarks share: run the real ``genexp-train`` CLI, time it, read what it wrote.
+
+Benchmarks import the installed ``genexp`` package (``pip install -e .`` or a wheel); this module only adds
+what a benchmark needs around it: a timed subprocess of the real CLI (``python -m genexp.train``) and the
+paths of the bundled data. Tables are printed with rich.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+SHAKESPEARE = REPO.parent / "shared" / "data" / "tinyshakespeare" / "input.txt"
+
+
+def genexp_train(
+    overrides: Sequence[str],
+    run_dir: Path | None = None,
+    *,
+    cwd: Path | None = None,
+    log: Path | None = None,
+    env: dict[str, str] | None = None,
+    quiet: bool = True,
+) -> float:
+    """Run ``genexp-train <overrides> [hydra.run.dir=run_dir]`` in a subprocess; returns its wall seconds.
+
+    Output goes to ``log`` (or is dropped when ``quiet``); a failed run exits with its last lines.
+    """
+    command = [sys.executable, "-m", "genexp.train", *overrides]
+    if run_dir is not None:
+        command.append(f"hydra.run.dir={run_dir}")
+        run_dir.parent.mkdir(parents=True, exist_ok=True)
+    print("$ genexp-train", " ".join(command[3:]), flush=True)
+    where = cwd or (run_dir.parent if run_dir is not None else Path.cwd())
+    start = time.perf_counter()
+    if log is not None or quiet:
+        target = log or Path(os.devnull)
+        with target.open("w") as out:
+            done = subprocess.run(command, cwd=where, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+    else:
+        done = subprocess.run(command, cwd=where, env={**os.environ, **(env or {})})
+    seconds = time.perf_counter() - start
+    if done.returncode != 0:
+        tail = log.read_text()[-3000:] if log is not None and log.is_file() else "(see the command above)"
+        raise SystemExit(f"genexp-train failed ({done.returncode}):\n{tail}")
+    return seconds
+
+
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON file a run wrote (``metrics.json``, ``compression.json``, ``report.json``)."""
+    return json.loads(path.read_text())
+
+
+def run_seconds(run_dir: Path) -> float:
+    """From the job's config being written to its metrics.json being written (fit + test + compression)."""
+    return (run_dir / "metrics.json").stat().st_mtime - (run_dir / ".hydra" / "config.yaml").stat().st_mtime
+
+
+def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """A rich table: one header row, then ``rows`` (numbers already formatted as strings)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, column in enumerate(columns):
+        table.add_column(column, justify="left" if i == 0 else "right")
+    for row in rows:
+        table.add_row(*[str(v) for v in row])
+    Console(width=200).print(table)
+
+
+def cpu_name() -> str:
+    """The CPU model and its int8/bf16 flags, to print next to every figure."""
+    model, flags = "unknown CPU", set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and model == "unknown CPU":
+                model = line.split(":", 1)[1].strip()
+            elif line.startswith("flags") and not flags:
+                flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    return f"{model} ({os.cpu_count()} cores; {' '.join(shown) or 'no AVX2'})"
