@@ -34,9 +34,13 @@ def test_vocab_split_and_windows(corpus: Path) -> None:
         "block_size": 16,
     }
     assert dm.decode(dm.encode(CORPUS[:50])) == CORPUS[:50]
-    n = len(CORPUS)
-    assert len(dm.train_data) == int(0.9 * n) and len(dm.val_data) == n - int(0.9 * n)
-    assert torch.equal(torch.cat([dm.train_data, dm.val_data]), dm.encode(CORPUS))  # contiguous, no overlap
+    n = len(CORPUS)  # 90/5/5: train, val, test, contiguous and disjoint
+    assert len(dm.val_data) == len(dm.test_data) == int(0.05 * n)
+    assert len(dm.train_data) == n - 2 * int(0.05 * n)
+    assert torch.equal(torch.cat([dm.train_data, dm.val_data, dm.test_data]), dm.encode(CORPUS))
+    test_windows, val_windows = list(dm.test_dataloader()), list(dm.val_dataloader())
+    assert len(test_windows) == 2  # drawn from the test split, not the validation split
+    assert torch.equal(test_windows[0][0][0], dm.test_data[:16]) and torch.equal(val_windows[0][0][0], dm.val_data[:16])
 
     batches = list(dm.train_dataloader())
     assert len(batches) == 5 and len(dm.train_dataloader()) == 5
@@ -64,7 +68,8 @@ def test_vocab_comes_from_the_checkpoint_state(corpus: Path, tmp_path: Path) -> 
     dm.load_state_dict(state)
     assert dm.model_kwargs()["vocab"] == sorted(set(CORPUS))
     dm.setup("test")  # text encoded with the restored vocabulary
-    assert dm.decode(dm.val_data[:5]) == ("to be or not to be " * 10)[-len(dm.val_data) :][:5]
+    text = "to be or not to be " * 10
+    assert dm.decode(dm.test_data[:5]) == text[-len(dm.test_data) :][:5]
 
 
 def test_tiny_file_of_block_size_plus_one(tmp_path: Path) -> None:
@@ -75,6 +80,12 @@ def test_tiny_file_of_block_size_plus_one(tmp_path: Path) -> None:
     x, y = next(iter(dm.train_dataloader()))
     assert dm.decode(x[0]) == "abcdefghijklmnop" and dm.decode(y[0]) == "bcdefghijklmnopq"
     assert next(iter(dm.val_dataloader()))[0].shape == (4, 16)
+    assert next(iter(dm.test_dataloader()))[0].shape == (4, 16)
+
+
+def test_split_fractions_must_leave_training_text(corpus: Path) -> None:
+    with pytest.raises(ConfigError, match=r"data.test_fraction=0.5: expected a fraction with data.val_fraction"):
+        make(corpus, val_fraction=0.5, test_fraction=0.5)
 
 
 @pytest.mark.parametrize(
@@ -113,5 +124,5 @@ def test_shakespeare(shakespeare: Path) -> None:
     dm = make(shakespeare, block_size=64, batch_size=12, batches_per_epoch=2, val_batches=20)
     dm.setup("fit")
     assert dm.model_kwargs()["vocab_size"] == 65
-    assert len(dm.val_data) == 111_540
+    assert len(dm.val_data) == len(dm.test_data) == 55_769  # 5% each, the last 10% of the play
     assert next(iter(dm.val_dataloader()))[0].shape == (12, 64)

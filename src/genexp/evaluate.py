@@ -22,12 +22,12 @@ from rich.console import Console
 from genexp.build import build_callbacks, build_loggers
 from genexp.errors import ConfigError, report_errors
 from genexp.models.base import GenerativeModule
-from genexp.rebuild import load_any
+from genexp.rebuild import load_any, trust
 from genexp.report.compare import compare_runs
 from genexp.report.measure_run import SpeedSettings, measure_target
 from genexp.report.tables import print_compare, print_single, single_markdown
 from genexp.run_folder import ensure_fresh, write_json
-from genexp.train import CONFIG_DIR
+from genexp.startup import config_dir, quiet_console
 from genexp.validation import check_trainer
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,9 @@ MODES = ("target", "ckpt_path", "compare")
 @report_errors
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Report on ``target`` / ``ckpt_path``, or compare the runs under ``compare``."""
+    quiet_console()
     check_trainer(cfg)
+    trust(cfg.get("trust"))
     mode, value = _chosen(cfg)
     settings = SpeedSettings.from_config(cfg.get("report"))
     output_dir = ensure_fresh(cfg.paths.output_dir)
@@ -83,7 +85,7 @@ def _print_samples(model: GenerativeModule, n: int, prompt: str | None) -> None:
             print(f"----- sample {i} -----\n{text}")
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@hydra.main(version_base="1.3", config_path=config_dir(), config_name="eval")
 def main(cfg: DictConfig) -> None:
     """Console entry point: ``genexp-eval target=...`` or ``genexp-eval compare=...``."""
     evaluate(cfg)

@@ -1,0 +1,79 @@
+"""Turn the composed config into Lightning objects: data, model, callbacks, loggers, trainer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import hydra
+import lightning as L
+from hydra.errors import InstantiationException
+from lightning.pytorch import Callback
+from lightning.pytorch.loggers import Logger
+from omegaconf import DictConfig, OmegaConf
+
+from genexp.errors import ConfigError, GenexpError
+from genexp.models.base import GenerativeModule
+
+
+def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
+    """`hydra.utils.instantiate` that lets genexp's own errors through and names the config key otherwise.
+
+    A ConfigError whose key is a bare argument name (``ConfigError("width", 0, ...)`` from a constructor) is
+    re-raised under the config path, ``model.width``.
+    """
+    try:
+        return hydra.utils.instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause: BaseException | None = err
+        while cause is not None:
+            if isinstance(cause, ConfigError) and "." not in cause.key and "=" not in cause.key:
+                # a constructor named its own argument (a user's model): add the config path we know
+                raise ConfigError(f"{key}.{cause.key}", cause.value, cause.expected) from None
+            if isinstance(cause, GenexpError):
+                raise cause from None
+            cause = cause.__cause__
+        raise ConfigError(
+            key,
+            OmegaConf.select(node, "_target_") if isinstance(node, DictConfig) else node,
+            f"a config that builds: {err}",
+        ) from err
+
+
+def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
+    return instantiate(cfg.data, "data")
+
+
+def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> GenerativeModule:
+    """The model, sized from the data, with the optimizer and scheduler partials wired in."""
+    model = instantiate(
+        cfg.model,
+        "model",
+        optimizer=instantiate(cfg.optimizer, "optimizer"),
+        scheduler=instantiate(cfg.scheduler, "scheduler", _convert_="all"),
+        **datamodule.model_kwargs(),
+    )
+    if not isinstance(model, GenerativeModule):
+        raise ConfigError("model._target_", cfg.model.get("_target_"), "a genexp GenerativeModule subclass")
+    return model
+
+
+def build_callbacks(cfg: DictConfig) -> list[Callback]:
+    """Every callback under ``callbacks`` and every selected ``compression`` option."""
+    callbacks: list[Callback] = []
+    for group in ("callbacks", "compression"):
+        for name, node in (cfg.get(group) or {}).items():
+            if isinstance(node, DictConfig) and "_target_" in node:
+                callbacks.append(instantiate(node, f"{group}.{name}"))
+    return callbacks
+
+
+def build_loggers(cfg: DictConfig) -> list[Logger]:
+    return [
+        instantiate(node, f"logger.{name}")
+        for name, node in (cfg.get("logger") or {}).items()
+        if isinstance(node, DictConfig) and "_target_" in node
+    ]
+
+
+def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> L.Trainer:
+    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)

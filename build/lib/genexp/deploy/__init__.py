@@ -1,0 +1,10 @@
+"""What ships: genexp's weight format, compressed layers, the torch artifact, and what a deployable costs.
+
+Importable without Lightning callbacks or training code:
+
+- ``sparse_format``: pruning folded in, the bitmask encoding of zeros, tied tensors once;
+- ``layers``: ``Int8WeightConv``, the half-precision cast, the recipe's module swaps;
+- ``artifact``: the ``quantized/`` artifact (save / read / install);
+- ``costs``: parameters, non-zeros, bytes (``measure``) and output fidelity;
+- ``latency``: CPU (and GPU) latency and throughput on a fixed batch.
+"""

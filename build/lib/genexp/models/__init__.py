@@ -1,0 +1,1 @@
+"""LightningModules: every family subclasses `GenerativeModule` (base.py)."""

@@ -1,0 +1,377 @@
+"""A small GPT: a decoder-only Transformer for character-level language modelling (after nanoGPT).
+
+Pre-LayerNorm blocks of causal self-attention (``scaled_dot_product_attention``) and a GELU MLP, learned
+position embeddings, and an output layer tied to the token embedding. ``Transformer`` is the whole network
+(token ids ``(B, T)`` in, logits ``(B, T, vocab)`` out) and is what ships; ``GPT`` is the LightningModule
+around it: losses in nats per character, bits per character and perplexity, AdamW parameter groups,
+sampling with temperature and top-k, and text samples in TensorBoard.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics.text import Perplexity
+
+from genexp.checks import in_range, int_at_least, is_number, positive_int
+from genexp.data.text import CharVocab
+from genexp.errors import ConfigError
+from genexp.models.base import GenerativeModule
+
+LN2 = math.log(2.0)
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head self-attention where each position sees only itself and the positions before it."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.n_head, self.dropout = n_head, dropout
+        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
+        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
+        self.resid_dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split(C, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(
+            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.proj(y))
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
+        self.proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dropout(self.proj(F.gelu(self.fc(x))))
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
+
+    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
+        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
+        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
+        self.mlp = MLP(n_embd, dropout, bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class Transformer(nn.Module):
+    """The GPT network: token ids ``(B, T)`` with ``T <= block_size`` -> next-token logits ``(B, T, vocab)``."""
+
+    def __init__(
+        self,
+        vocab_size: int,
+        block_size: int,
+        n_layer: int,
+        n_head: int,
+        n_embd: int,
+        dropout: float,
+        bias: bool,
+    ) -> None:
+        super().__init__()
+        self.block_size = block_size
+        self.wte = nn.Embedding(vocab_size, n_embd)
+        self.wpe = nn.Embedding(block_size, n_embd)
+        self.drop = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList([Block(n_embd, n_head, dropout, bias) for _ in range(n_layer)])
+        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
+        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
+        self.lm_head.weight = self.wte.weight  # weight tying
+        self.apply(self._init_weights)
+        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
+            if name.endswith("proj.weight"):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        pos = torch.arange(idx.shape[1], device=idx.device)
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        for block in self.blocks:
+            x = block(x)
+        return self.lm_head(self.ln_f(x))
+
+
+class GPT(GenerativeModule):
+    """Decoder-only Transformer language model over characters.
+
+    Args:
+        vocab_size, block_size: given by the data module (``data.block_size`` is the context length).
+        vocab: the characters behind token ids (given by the data module); needed to sample text.
+        n_layer, n_head, n_embd: depth, attention heads and width (``n_embd % n_head == 0``).
+        dropout: dropout on embeddings, attention and residual branches.
+        bias: biases in Linear and LayerNorm layers.
+        compile: ``torch.compile`` the network (state-dict keys stay the same).
+        sample_prompt, sample_tokens, temperature, top_k: the text samples logged each validation epoch.
+        **base: ``optimizer``, ``scheduler``, ``sample_every_n_epochs``, ``num_samples`` (GenerativeModule).
+    """
+
+    def __init__(
+        self,
+        vocab_size: int = 65,
+        block_size: int = 64,
+        vocab: list[str] | None = None,
+        n_layer: int = 4,
+        n_head: int = 4,
+        n_embd: int = 128,
+        dropout: float = 0.0,
+        bias: bool = False,
+        compile: bool = False,
+        sample_prompt: str = "\n",
+        sample_tokens: int = 200,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        **base: Any,
+    ) -> None:
+        super().__init__(**base)
+        for key, value in (
+            ("model.vocab_size", vocab_size),
+            ("data.block_size", block_size),
+            ("model.n_layer", n_layer),
+            ("model.n_head", n_head),
+            ("model.n_embd", n_embd),
+            ("model.sample_tokens", sample_tokens),
+        ):
+            positive_int(key, value)
+        if n_embd % n_head:
+            raise ConfigError("model.n_embd", n_embd, f"a multiple of model.n_head={n_head}")
+        in_range("model.dropout", dropout, 0, 1)
+        # A plain list (not Hydra's ListConfig), so that checkpoints load with weights_only=True.
+        vocab = [str(c) for c in vocab] if vocab is not None else None
+        if vocab is not None and len(vocab) != vocab_size:
+            raise ConfigError("model.vocab", f"{len(vocab)} characters", f"{vocab_size} (model.vocab_size)")
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
+        self.vocab = vocab
+        self.chars = CharVocab(vocab) if vocab is not None else None  # the data's vocabulary, not a copy
+        self.block_size = block_size
+        self.sample_prompt, self.sample_tokens = sample_prompt, sample_tokens
+        self.temperature, self.top_k = temperature, top_k
+        _check_sampling(temperature, top_k, "model.")
+        if self.vocab is not None:
+            self.encode(sample_prompt, key="model.sample_prompt")
+        self.net = Transformer(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias)
+        if compile:
+            self.net.compile()  # compiles forward in place; parameter names are unchanged
+        self.perplexity = nn.ModuleDict({"val": Perplexity(), "test": Perplexity()})
+
+    # ----- text <-> token ids ---------------------------------------------------------------------
+    def encode(self, text: str, key: str = "prompt") -> torch.Tensor:
+        """Token ids of ``text``; a ConfigError naming ``key`` lists characters outside the vocabulary."""
+        if self.vocab is None:
+            raise ConfigError(key, text, "a model trained on text data (this one has no vocabulary)")
+        unknown = self.chars.unknown(text)
+        if unknown:
+            raise ConfigError(
+                key,
+                text,
+                f"only characters from the training text's vocabulary (not in it: {''.join(unknown)!r})",
+            )
+        return self.chars.encode(text).to(self.device) if text else torch.zeros(0, dtype=torch.long, device=self.device)
+
+    def decode(self, ids: torch.Tensor | list[int]) -> str:
+        assert self.chars is not None
+        return self.chars.decode(ids)
+
+    @property
+    def index(self) -> dict[str, int]:
+        """Character -> token id."""
+        return self.chars.index if self.chars is not None else {}
+
+    # ----- training ----------------------------------------------------------------------------------
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.net(idx)
+
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy in nats per character."""
+        return F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+
+    def transfer_batch_to_device(self, batch: Any, device: torch.device, dataloader_idx: int) -> Any:
+        # Text batches are cut on the CPU: skip Lightning's per-batch collection walk when training there.
+        if device.type == "cpu":
+            return batch
+        return super().transfer_batch_to_device(batch, device, dataloader_idx)
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        loss = self.loss(self.net(x), y)
+        # Log only on the steps the logger writes: no per-step bookkeeping in between.
+        if (self.global_step + 1) % max(1, self.trainer.log_every_n_steps) == 0:
+            detached = loss.detach()
+            self.log_dict({"train/loss": detached, "train/bpc": detached / LN2}, on_step=True, on_epoch=False)
+        return self.with_distillation(loss, batch)
+
+    def _evaluate(self, batch: tuple[torch.Tensor, torch.Tensor], stage: str) -> None:
+        x, y = batch
+        logits = self.net(x)
+        loss = self.loss(logits, y)
+        perplexity = self.perplexity[stage]
+        perplexity.update(logits, y)
+        self.log_dict(
+            {f"{stage}/loss": loss, f"{stage}/bpc": loss / LN2},
+            on_epoch=True,
+            prog_bar=True,
+            batch_size=x.numel(),
+        )
+        self.log(f"{stage}/ppl", perplexity, on_epoch=True)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def optimizer_param_groups(self) -> list[dict[str, Any]]:
+        """AdamW groups: weight decay (the optimizer's ``weight_decay``) on Linear weights only;
+        none on LayerNorms, biases and embeddings (the output layer shares the token embedding)."""
+        weight_decay = getattr(self.optimizer_factory, "keywords", {}).get("weight_decay", 0.0)
+        embeddings = {id(m.weight) for m in self.net.modules() if isinstance(m, nn.Embedding)}
+        decay, no_decay = [], []
+        for p in self.net.parameters():
+            (decay if p.dim() >= 2 and id(p) not in embeddings else no_decay).append(p)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    # ----- sampling ----------------------------------------------------------------------------------
+    @torch.no_grad()
+    def generate_ids(
+        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
+    ) -> torch.Tensor:
+        """Extend each row of ``idx`` (B, T) by ``max_new_tokens`` sampled ids (context cropped to block_size)."""
+        for _ in range(max_new_tokens):
+            logits = self.net(idx[:, -self.block_size :])[:, -1, :] / temperature
+            if top_k is not None and top_k < logits.shape[-1]:
+                kth = torch.topk(logits, top_k).values[:, -1:]
+                logits = logits.masked_fill(logits < kth, float("-inf"))
+            idx = torch.cat([idx, torch.multinomial(F.softmax(logits, dim=-1), 1)], dim=1)
+        return idx
+
+    def generate(
+        self,
+        prompt: str,
+        max_new_tokens: int = 200,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        num_samples: int = 1,
+        key: str = "prompt",
+    ) -> str | list[str]:
+        """Continue ``prompt`` by ``max_new_tokens`` characters; a list when ``num_samples > 1``.
+
+        Characters of ``prompt`` outside the vocabulary raise a ConfigError naming ``key``.
+        """
+        int_at_least("max_new_tokens", max_new_tokens, 0)
+        _check_sampling(temperature, top_k)
+        ids = self.encode(prompt, key=key)
+        if len(ids) == 0:
+            raise ConfigError(key, prompt, "at least one character to start from")
+        was_training = self.training
+        self.eval()
+        out = self.generate_ids(ids.expand(num_samples, -1), max_new_tokens, temperature, top_k)
+        self.train(was_training)
+        texts = [prompt + self.decode(row[len(ids) :]) for row in out]
+        return texts[0] if num_samples == 1 else texts
+
+    def sample(self, n: int, prompt: str | None = None) -> list[str]:
+        """``n`` continuations of ``prompt`` (default ``model.sample_prompt``) with the configured settings."""
+        texts = self.generate(
+            self.sample_prompt if prompt is None else prompt,
+            self.sample_tokens,
+            self.temperature,
+            self.top_k,
+            num_samples=n,
+            key="model.sample_prompt" if prompt is None else "prompt",
+        )
+        return [texts] if isinstance(texts, str) else texts
+
+    @torch.no_grad()
+    def log_samples(self) -> None:
+        """Text samples to TensorBoard (``samples``) and ``samples.txt`` in the run folder."""
+        if self.vocab is None:
+            return
+        texts = self.sample(self.num_samples)
+        writer = self.tensorboard()
+        if writer is not None:  # TensorBoard renders markdown: indent four spaces to keep the line breaks
+            markdown = "\n\n---\n\n".join("    " + t.replace("\n", "\n    ") for t in texts)
+            writer.add_text("samples", markdown, self.global_step)
+        if self.trainer.default_root_dir:
+            path = Path(self.trainer.default_root_dir) / "samples.txt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(
+                f"step {self.global_step}\n\n" + "\n\n-----\n\n".join(texts) + "\n", encoding="utf-8"
+            )
+
+    # ----- GenerativeModule hooks ------------------------------------------------------------------------
+    def deployable(self) -> nn.Module:
+        return self.net
+
+    def example_input(self, batch_size: int) -> torch.Tensor:
+        generator = torch.Generator().manual_seed(0)
+        return torch.randint(self.hparams.vocab_size, (batch_size, self.block_size), generator=generator)
+
+    def distillation_loss(
+        self, batch: tuple[torch.Tensor, torch.Tensor], teacher: GenerativeModule, temperature: float = 2.0
+    ) -> torch.Tensor:
+        """KL(teacher || student) between temperature-softened next-character distributions, times T²."""
+        x = batch[0]
+        student = self.net(x) / temperature
+        with torch.no_grad():
+            target = teacher.deployable()(x) / temperature
+        if target.shape != student.shape:
+            raise ConfigError(
+                "compression.distill", tuple(target.shape), f"teacher logits of shape {tuple(student.shape)}"
+            )
+        kl = F.kl_div(
+            F.log_softmax(student, -1).flatten(0, 1),
+            F.log_softmax(target, -1).flatten(0, 1),
+            reduction="batchmean",
+            log_target=True,
+        )
+        return kl * temperature**2
+
+    def check_teacher(self, teacher: GenerativeModule, key: str) -> None:
+        """A GPT teacher over the same characters, with a context at least as long as this model's."""
+        super().check_teacher(teacher, key)
+        assert isinstance(teacher, GPT)
+        if teacher.vocab != self.vocab:
+            ours, theirs = set(self.vocab or []), set(teacher.vocab or [])
+            raise ConfigError(
+                key,
+                f"a GPT over {len(theirs)} characters",
+                f"a teacher trained on this run's vocabulary ({len(ours)} characters; "
+                f"only in the teacher: {''.join(sorted(theirs - ours))[:20]!r}, "
+                f"only here: {''.join(sorted(ours - theirs))[:20]!r}; same characters in another order "
+                "also differ): train the teacher on the same text",
+            )
+        if teacher.block_size < self.block_size:
+            raise ConfigError(
+                key,
+                f"a GPT with block_size {teacher.block_size}",
+                f"a teacher whose context covers data.block_size={self.block_size}",
+            )
+
+
+def _check_sampling(temperature: Any, top_k: Any, prefix: str = "") -> None:
+    if not is_number(temperature) or temperature <= 0:
+        raise ConfigError(f"{prefix}temperature", temperature, "a number > 0")
+    int_at_least(f"{prefix}top_k", top_k, 1, allow_none=True)

@@ -1,0 +1,258 @@
+"""The one door back from disk: a saved run, checkpoint or artifact becomes a model (and its data module).
+
+Every loader goes through here (``genexp-eval``, the report, a distillation teacher, the torch artifact,
+the benchmarks), so there is one trust check: a config read from disk is data, and ``saved_config`` allows
+it to instantiate only callables under ``TRUSTED_TARGETS`` (genexp, ``torch.optim``, Lightning), for every
+``_target_`` in its data/model/optimizer/scheduler groups and in an artifact's ``model_kwargs``, before
+anything is built. Files load with ``weights_only=True``.
+
+What a path is, is decided by what it holds (``load_any``):
+
+- a folder is a **run folder** (``genexp-train`` wrote ``.hydra/config.yaml`` there): its quantized artifact
+  when it has one, else ``checkpoints/last.ckpt`` (the model as the run ended), else its newest checkpoint;
+- a ``.ckpt`` file is a **checkpoint** (its genexp run config inside);
+- a ``quantized/`` folder or its ``deployable.pt`` is an **artifact** (``genexp.deploy.artifact``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+
+from genexp.build import build_datamodule, build_model, instantiate
+from genexp.deploy.artifact import ARTIFACT_DIR, install_artifact, is_artifact, read_artifact
+from genexp.errors import CheckpointError, GenexpError, first_line
+from genexp.models.base import CONFIG_KEY, GenerativeModule
+
+# A config from disk is data: only these callables may be instantiated from it.
+TRUSTED_TARGETS = ("genexp.", "torch.optim.", "lightning.pytorch.")
+REBUILT_GROUPS = ("data", "model", "optimizer", "scheduler")
+CHECKPOINT_SUFFIX = ".ckpt"
+
+
+# ----- reading and trusting ------------------------------------------------------------------------
+def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
+    """Load a genexp checkpoint on the CPU with ``weights_only=True``.
+
+    Raises CheckpointError (naming ``key`` and the path) when the file is missing, truncated,
+    corrupt, or was not written by genexp-train.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(
+            f"{key}={path}: no such checkpoint file (expected a .ckpt written by genexp-train)"
+        )
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch.load raises many types on damaged files (IndexError on a truncated one)
+        first = first_line(err)
+        first = first if len(first) <= 120 else first[:117] + "..."  # torch's messages run to paragraphs
+        raise CheckpointError(
+            f"{key}={path}: not a readable checkpoint (corrupt or truncated?): {first}"
+        ) from err
+    if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint or "state_dict" not in checkpoint:
+        raise CheckpointError(
+            f"{key}={path}: not a genexp checkpoint (no saved run config); "
+            "expected a .ckpt from a genexp-train run folder"
+        )
+    return checkpoint
+
+
+def saved_config(checkpoint: dict[str, Any], path: str | Path, key: str = "ckpt_path") -> DictConfig:
+    """The run config stored in ``checkpoint``, checked before anything in it is instantiated.
+
+    Every ``_target_`` under data/model/optimizer/scheduler must name a genexp, torch.optim or Lightning callable,
+    so a crafted file cannot make genexp import and call arbitrary code.
+    """
+    cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
+    missing = [group for group in ("data", "model", "optimizer") if group not in cfg]
+    if missing:
+        raise CheckpointError(
+            f"{key}={path}: its saved config lacks {', '.join(missing)}; not a genexp-train run"
+        )
+    for group in REBUILT_GROUPS:
+        check_trusted(OmegaConf.to_container(cfg.get(group) or {}, resolve=False), path, key, group)
+    return cfg
+
+
+def check_trusted(node: Any, path: str | Path, key: str, where: str) -> None:
+    """Raise CheckpointError when ``node`` (a config read from ``path``) names an untrusted ``_target_``."""
+    for target in _targets(node):
+        if not isinstance(target, str) or not target.startswith(TRUSTED_TARGETS):
+            raise CheckpointError(
+                f"{key}={path}: saved config names _target_={target!r} under {where}; "
+                f"expected a callable from {', '.join(TRUSTED_TARGETS)}"
+            )
+
+
+def _targets(node: Any) -> list[Any]:
+    if isinstance(node, dict):
+        found = [node["_target_"]] if "_target_" in node else []
+        return found + [t for value in node.values() for t in _targets(value)]
+    if isinstance(node, list):
+        return [t for value in node for t in _targets(value)]
+    return []
+
+
+# ----- rebuilding ------------------------------------------------------------------------------------
+@dataclass
+class Loaded:
+    """A rebuilt model: what was loaded, from where, and the pieces to test it."""
+
+    kind: str  # "checkpoint" or "artifact"
+    path: Path  # the file that was loaded
+    run_dir: Path | None  # the genexp-train run folder it belongs to, if any
+    config: dict[str, Any]  # the run's composed config (as saved in the checkpoint)
+    model: GenerativeModule
+    datamodule: L.LightningDataModule
+    info: dict[str, float] = field(default_factory=dict)  # checkpoint epoch and step
+
+
+def rebuild(
+    config: dict[str, Any], saved: dict[str, Any], path: Path, key: str, data: dict[str, Any] | None = None
+) -> tuple[GenerativeModule, L.LightningDataModule]:
+    """The (untrained) model and data module of a saved run ``config``, after the trust check.
+
+    ``saved`` holds the data module's state under its class name (a GPT's vocabulary), so a teacher or an
+    evaluation never needs the training text; ``data`` overrides merge onto the saved data config.
+    """
+    trusted = saved_config({CONFIG_KEY: config}, path, key=key)
+    run_cfg = OmegaConf.merge(trusted, {"data": data or {}})
+    assert isinstance(run_cfg, DictConfig)
+    try:
+        datamodule = build_datamodule(run_cfg)
+        state_key = type(datamodule).__qualname__
+        if state_key in saved:
+            datamodule.load_state_dict(saved[state_key])
+        model = build_model(run_cfg, datamodule)
+    except GenexpError as err:
+        raise GenexpError(f"{key}={path}: the saved config does not build: {err}") from err
+    model.genexp_config = config
+    return model, datamodule
+
+
+def load_model(path: str | Path, key: str = "ckpt_path", data: dict[str, Any] | None = None) -> Loaded:
+    """A checkpoint's model with its weights, and its data module."""
+    path = Path(path)
+    checkpoint = load_checkpoint(path, key=key)
+    config = checkpoint[CONFIG_KEY]
+    model, datamodule = rebuild(config, checkpoint, path, key, data)
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(f"{key}={path}: weights do not fit the saved config: {first_line(err)}") from err
+    info = {
+        "epoch": float(checkpoint.get("epoch", -1)),
+        "global_step": float(checkpoint.get("global_step", -1)),
+    }
+    return Loaded("checkpoint", path, run_folder_of(path.parent), config, model, datamodule, info)
+
+
+def load_artifact(path: str | Path, key: str = "ckpt_path", data: dict[str, Any] | None = None) -> Loaded:
+    """A ``compression=[quantize]`` artifact: the float model rebuilt from its saved config, then the
+    quantized deployable installed in it."""
+    path = Path(path)
+    artifact = read_artifact(path, key=key)
+    config = artifact[CONFIG_KEY]
+    model, datamodule = rebuild(config, artifact.get("datamodule") or {}, path, key, data)
+    install_artifact(model, artifact)
+    info = {"epoch": float(artifact.get("epoch", -1)), "global_step": float(artifact.get("global_step", -1))}
+    folder = path if path.is_dir() else path.parent
+    return Loaded("artifact", path, run_folder_of(folder.parent), config, model, datamodule, info)
+
+
+def load_deployable(path: str | Path) -> nn.Module:
+    """Load a quantized deployable written by ``compression=[quantize]`` (a ``<run>/quantized`` folder or its
+    ``deployable.pt``) in any process: same outputs as at save time, in eval mode. Only the model is built
+    (sized by the artifact's saved ``model_kwargs``), after the same trust check as every loader.
+
+    Example::
+
+        from genexp.rebuild import load_deployable
+        net = load_deployable("outputs/train/runs/<run>/quantized")
+        logits = net(token_ids)
+    """
+    artifact = read_artifact(path, key="path")
+    trusted = saved_config(artifact, path, key="path")
+    check_trusted(artifact.get("model_kwargs") or {}, path, "path", "model_kwargs")
+    model_cfg = OmegaConf.to_container(trusted.model, resolve=True)
+    assert isinstance(model_cfg, dict)
+    if "compile" in model_cfg:
+        model_cfg["compile"] = False
+    model = instantiate(OmegaConf.create(model_cfg), "model", **artifact["model_kwargs"])
+    return install_artifact(model, {**artifact, "context_state_dict": {}})
+
+
+# ----- what a path is --------------------------------------------------------------------------------
+def is_run_folder(path: Path) -> bool:
+    """True for a ``genexp-train`` run folder (its ``.hydra/config.yaml`` composes a model)."""
+    config = path / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return False
+    try:
+        return "model" in (OmegaConf.load(config) or {})
+    except Exception:
+        return True  # a run folder whose config is damaged: reported when it is loaded
+
+
+def run_folder_of(path: Path) -> Path | None:
+    """The run folder holding ``path`` (itself, or a parent up to two levels up), if any."""
+    for candidate in (path, *list(path.parents)[:3]):
+        if candidate.is_dir() and is_run_folder(candidate):
+            return candidate
+    return None
+
+
+def find_checkpoint(run_dir: Path, key: str) -> Path:
+    """``checkpoints/last.ckpt``, else the newest checkpoint of the run folder."""
+    folder = run_dir / "checkpoints"
+    if (folder / "last.ckpt").is_file():
+        return folder / "last.ckpt"
+    found = (
+        sorted(folder.glob(f"*{CHECKPOINT_SUFFIX}"), key=lambda p: p.stat().st_mtime)
+        if folder.is_dir()
+        else []
+    )
+    if not found:
+        raise CheckpointError(
+            f"{key}={run_dir}: no checkpoint in {folder} (the run may have failed before its first epoch ended)"
+        )
+    return found[-1]
+
+
+def load_any(path: str | Path, key: str = "target", data: dict[str, Any] | None = None) -> Loaded:
+    """Rebuild the model behind ``path``: a run folder, a ``.ckpt`` checkpoint or a quantized artifact.
+
+    Args:
+        path: what to load.
+        key: the config key the path came from, named in error messages.
+        data: overrides merged onto the saved data config (e.g. ``{"batch_size": 256}``).
+
+    Raises:
+        GenexpError: the path is missing, is not a genexp run/checkpoint/artifact, or is corrupt.
+    """
+    path = Path(path)
+    if is_artifact(path):
+        return load_artifact(path, key, data)
+    if path.is_dir():
+        if not is_run_folder(path):
+            raise GenexpError(
+                f"{key}={path}: not a genexp run folder (expected .hydra/config.yaml and checkpoints/ "
+                "written by genexp-train)"
+            )
+        if is_artifact(path / ARTIFACT_DIR):
+            return load_artifact(path / ARTIFACT_DIR, key, data)
+        loaded = load_model(find_checkpoint(path, key), key, data)
+        loaded.run_dir = path
+        return loaded
+    if not path.exists():
+        raise GenexpError(
+            f"{key}={path}: no such file or folder (expected a run folder, a .ckpt or an artifact)"
+        )
+    return load_model(path, key, data)

@@ -1,0 +1,142 @@
+"""The report as text: a Markdown table (report.md) and a rich table (the terminal)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from genexp.report.family import FAMILIES
+
+KIB = 1024
+
+
+def fmt(value: Any) -> str:
+    """A short, readable number (integers with separators, floats to 4 significant digits)."""
+    if isinstance(value, bool) or value is None:
+        return "" if value is None else ("yes" if value else "no")
+    if isinstance(value, int) or (isinstance(value, float) and value.is_integer() and abs(value) >= 1000):
+        return f"{int(value):,}"
+    if isinstance(value, float):
+        return "nan" if math.isnan(value) else f"{value:.4g}"
+    return str(value)
+
+
+def single_rows(row: dict[str, Any]) -> list[tuple[str, str]]:
+    """(figure, value) pairs describing one target."""
+    rows = [
+        ("target", f"{row['target']} ({row['kind']})"),
+        ("model", f"{row['model']} ({row['family']})"),
+        ("compression", row["compression"] + (" (dense baseline)" if row["baseline"] else "")),
+        (f"quality: {row['quality_metric']}", fmt(row["quality"])),
+    ]
+    rows += [
+        (name, fmt(value))
+        for name, value in row["metrics"].items()
+        if name != row["quality_metric"] and "class_share/" not in name  # per-class shares: in report.json
+    ]
+    rows += [
+        ("parameters", fmt(row["params"])),
+        ("non-zeros", f"{fmt(row['nonzero'])} (sparsity {row['sparsity']:.3f})"),
+        ("bytes, dense state dict", fmt(row["bytes_dense"])),
+        ("bytes, sparse bitmask format", f"{fmt(row['bytes_sparse'])} ({row['sparse_ratio']:.3f} x dense)"),
+        ("bytes shipped (smallest format)", fmt(row["bytes"])),
+        (f"bytes of {row['kind']} file", fmt(row["file_bytes"])),
+        (
+            f"CPU latency, batch {row['batch_size']} (ms, median)",
+            f"{row['latency_ms']:.3f} ({row['threads']} threads)",
+        ),
+        ("CPU throughput (samples/s)", fmt(row["throughput_per_s"])),
+    ]
+    if "gpu_latency_ms" in row:
+        rows += [
+            (
+                f"GPU latency, batch {row['batch_size']} (ms, median)",
+                f"{row['gpu_latency_ms']:.3f} ({row['gpu_name']})",
+            ),
+            ("GPU throughput (samples/s)", fmt(row["gpu_throughput_per_s"])),
+        ]
+    elif "gpu_error" in row:
+        rows.append(("GPU", f"{row['gpu_name']}: not measured ({row['gpu_error']})"))
+    return rows
+
+
+def compare_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """(header, row -> value) for the comparison table; quality columns follow the family."""
+    family = next((f for f in FAMILIES.values() if f.name == rows[0]["family"]), None)
+    metrics = list(family.metrics) if family else [rows[0]["quality_metric"]]
+    metrics = [m for m in metrics if any(m in r["metrics"] for r in rows)]
+    columns: list[tuple[str, Any]] = [
+        ("#", lambda r: r["rank"]),
+        ("run", lambda r: r["run"]),
+        ("compression", lambda r: r["compression"] + (" **(baseline)**" if r["is_baseline"] else "")),
+    ]
+    for metric in metrics:
+        columns.append((metric, lambda r, m=metric: fmt(r["metrics"].get(m, float("nan")))))
+        if metric == rows[0]["quality_metric"]:
+            columns.append(("x base", lambda r: _ratio(r.get("quality_ratio"))))
+    columns += [
+        ("params", lambda r: fmt(r["params"])),
+        ("non-zeros", lambda r: fmt(r["nonzero"])),
+        ("size (KiB)", lambda r: f"{r['bytes'] / KIB:.1f}"),
+        ("x base", lambda r: _ratio(r.get("bytes_ratio"))),
+        (f"CPU ms (batch {rows[0]['batch_size']})", lambda r: f"{r['latency_ms']:.2f}"),
+        ("x base", lambda r: _ratio(r.get("latency_ratio"))),
+        ("samples/s", lambda r: f"{r['throughput_per_s']:,.0f}"),
+    ]
+    if any("gpu_latency_ms" in r for r in rows):
+        columns.append(("GPU ms", lambda r: f"{r['gpu_latency_ms']:.3f}" if "gpu_latency_ms" in r else "-"))
+    return columns
+
+
+def _ratio(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def markdown(headers: Sequence[str], body: Sequence[Sequence[str]]) -> str:
+    """A GitHub Markdown table."""
+    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
+    lines += ["| " + " | ".join(str(cell).replace("|", "\\|") for cell in line) + " |" for line in body]
+    return "\n".join(lines) + "\n"
+
+
+def single_markdown(row: dict[str, Any]) -> str:
+    return f"# genexp-eval report\n\n{markdown(['figure', 'value'], single_rows(row))}"
+
+
+def compare_markdown(
+    rows: Sequence[dict[str, Any]], skipped: Sequence[dict[str, str]], plot: str | None
+) -> str:
+    columns = compare_columns(rows)
+    text = "# genexp-eval comparison\n\n"
+    text += f"Sorted by {rows[0]['quality_metric']} ({rows[0]['quality_label']}); x base = value / dense baseline.\n\n"
+    text += markdown([h for h, _ in columns], [[get(r) for _, get in columns] for r in rows])
+    if plot:
+        text += f"\n![Pareto plot]({plot})\n"
+    if skipped:
+        text += "\nSkipped runs:\n\n" + "".join(f"- `{s['run']}`: {s['reason']}\n" for s in skipped)
+    return text
+
+
+def print_single(row: dict[str, Any], console: Console | None = None) -> None:
+    table = Table(title=f"genexp-eval {row['target']}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for name, value in single_rows(row):
+        table.add_row(name, value)
+    (console or Console()).print(table)
+
+
+def print_compare(rows: Sequence[dict[str, Any]], title: str, console: Console | None = None) -> None:
+    columns = compare_columns(rows)
+    table = Table(title=title)
+    for header, _ in columns:
+        table.add_column(header, justify="left" if header in ("run", "compression") else "right")
+    for r in rows:
+        table.add_row(
+            *[str(get(r)).replace("**", "") for _, get in columns], style="bold" if r["is_baseline"] else None
+        )
+    (console or Console(width=200)).print(table)

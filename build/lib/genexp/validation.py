@@ -1,0 +1,114 @@
+"""Checks on the composed config that no single constructor owns; each names the key it rejects.
+
+Constructors check their own arguments (``model.*``, ``data.*``, ``compression.*``); this module checks the
+run-level keys (``trainer.*``, ``seed``, ``ckpt_path``) before anything is built.
+"""
+
+from __future__ import annotations
+
+import os
+
+from omegaconf import DictConfig, OmegaConf
+
+from genexp.checks import int_at_least, is_int, number_at_least
+from genexp.errors import ConfigError
+
+PRECISIONS = (
+    "32-true",
+    "32",
+    "bf16-mixed",
+    "bf16-true",
+    "16-mixed",
+    "16-true",
+    "64-true",
+    "transformer-engine",
+)
+
+
+def check_int(cfg: DictConfig, key: str, minimum: int, allow_none: bool = False) -> None:
+    """``cfg``'s value at ``key`` is an integer >= ``minimum`` (or null)."""
+    value = OmegaConf.select(cfg, key)
+    if value is None and allow_none:
+        return
+    if not is_int(value) or value < minimum:  # "an integer >= 1", not "a positive integer": trainer keys
+        raise ConfigError(key, value, f"an integer >= {minimum}" + (" or null" if allow_none else ""))
+
+
+def check_trainer(cfg: DictConfig) -> None:
+    trainer = cfg.get("trainer")
+    if trainer is None:
+        return
+    check_int(cfg, "trainer.max_epochs", -1, allow_none=True)
+    check_int(cfg, "trainer.min_epochs", 0, allow_none=True)
+    check_int(cfg, "trainer.check_val_every_n_epoch", 1, allow_none=True)
+    check_int(cfg, "trainer.log_every_n_steps", 1, allow_none=True)
+    if "max_steps" in trainer:
+        check_int(cfg, "trainer.max_steps", -1, allow_none=True)
+    precision = str(trainer.get("precision", "32-true"))
+    if precision not in PRECISIONS:
+        raise ConfigError("trainer.precision", precision, f"one of {list(PRECISIONS)}")
+    number_at_least("trainer.gradient_clip_val", trainer.get("gradient_clip_val"), 0, allow_none=True)
+
+
+GPU_ACCELERATORS = ("gpu", "cuda")
+HALF_PRECISIONS = ("16-mixed", "16-true", "16")
+
+
+def _cuda_devices() -> int:
+    import torch
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_hardware(cfg: DictConfig) -> None:
+    """Accelerator, precision and device count against this machine (and the SLURM job it runs in)."""
+    trainer = cfg.get("trainer")
+    if trainer is None:
+        return
+    accelerator = str(trainer.get("accelerator", "auto"))
+    precision = str(trainer.get("precision", "32-true"))
+    gpus = _cuda_devices()
+    if accelerator in GPU_ACCELERATORS and gpus == 0:
+        raise ConfigError(
+            "trainer.accelerator",
+            accelerator,
+            "cpu or auto: this machine has no CUDA GPU (use trainer=cpu or trainer=ddp_cpu instead of "
+            "trainer=gpu/ddp/fsdp)",
+        )
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and gpus == 0)
+    if on_cpu and precision in HALF_PRECISIONS:
+        raise ConfigError(
+            "trainer.precision", precision, "32-true or bf16-mixed on the CPU (16-bit float needs a CUDA GPU)"
+        )
+    devices = trainer.get("devices")
+    if accelerator in GPU_ACCELERATORS and is_int(devices) and devices > gpus:
+        raise ConfigError("trainer.devices", devices, f"at most {gpus}, the CUDA GPUs on this machine")
+    check_slurm_tasks(cfg)
+
+
+def check_slurm_tasks(cfg: DictConfig) -> None:
+    """Inside a SLURM job, one task per DDP rank: trainer.devices x trainer.num_nodes = the job's tasks."""
+    tasks = os.environ.get("SLURM_NTASKS")
+    if tasks is None or os.environ.get("SLURM_JOB_NAME") in ("bash", "interactive"):
+        return  # not a SLURM batch job (or an interactive shell, where Lightning launches its own ranks)
+    devices, nodes = cfg.trainer.get("devices"), cfg.trainer.get("num_nodes", 1) or 1
+    if not is_int(devices) or not is_int(nodes):
+        return
+    per_node = os.environ.get("SLURM_NTASKS_PER_NODE", "").split("(")[0] or str(int(tasks) // nodes)
+    if devices * nodes != int(tasks) or str(devices) != per_node:
+        raise ConfigError(
+            "trainer.devices",
+            devices,
+            f"{per_node}, the tasks per node of this SLURM job (hydra.launcher.tasks_per_node / "
+            f"--ntasks-per-node={per_node}, {tasks} tasks on {nodes} node(s)): one task per DDP rank",
+        )
+
+
+def validate_train_config(cfg: DictConfig) -> None:
+    """Reject bad run-level values before any object is built."""
+    int_at_least("seed", cfg.get("seed"), 0)
+    check_trainer(cfg)
+    check_hardware(cfg)
+    metric = cfg.get("optimized_metric")
+    if metric is not None and not isinstance(metric, str):
+        raise ConfigError("optimized_metric", metric, "a metric name such as val/loss")
