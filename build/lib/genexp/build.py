@@ -43,8 +43,31 @@ def build_datamodule(cfg: DictConfig) -> L.LightningDataModule:
     return instantiate(cfg.data, "data")
 
 
+DATA_OPTIONS = {
+    "images": "data=digits, mnist, fashion_mnist or cifar10",
+    "text": "data=shakespeare, or data=text data.path=<a UTF-8 file>",
+}
+
+
+def check_data_kind(cfg: DictConfig, datamodule: L.LightningDataModule) -> None:
+    """The model family's ``data_kind`` against the data module's ``kind``, before the model is built."""
+    try:
+        model_class = hydra.utils.get_class(str(cfg.model.get("_target_")))
+    except Exception:  # noqa: BLE001  (an unknown target is reported by instantiate, naming model._target_)
+        return
+    needs, has = getattr(model_class, "data_kind", None), getattr(datamodule, "kind", None)
+    if needs and has and needs != has:
+        raise ConfigError(
+            "data",
+            cfg.data.get("name", has),
+            f"{needs.removesuffix('s')} data for the {model_class.__name__} model "
+            f"({DATA_OPTIONS.get(needs, needs)}); this data module gives {has}",
+        )
+
+
 def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> GenerativeModule:
     """The model, sized from the data, with the optimizer and scheduler partials wired in."""
+    check_data_kind(cfg, datamodule)
     model = instantiate(
         cfg.model,
         "model",
@@ -76,4 +99,15 @@ def build_loggers(cfg: DictConfig) -> list[Logger]:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logger]) -> L.Trainer:
-    return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    """A plain ``lightning.Trainer``; Lightning itself judges ``trainer.precision`` (its own list of values)."""
+    try:
+        return instantiate(cfg.trainer, "trainer", callbacks=callbacks, logger=loggers or False)
+    except ConfigError as err:
+        cause: BaseException | None = err
+        while cause is not None:
+            text = str(cause)
+            if isinstance(cause, ValueError) and text.startswith("Precision ") and "Allowed" in text:
+                allowed = text.split("Allowed precision values:", 1)[-1].strip()
+                raise ConfigError("trainer.precision", cfg.trainer.get("precision"), f"one of {allowed}") from None
+            cause = cause.__cause__ or cause.__context__
+        raise

@@ -48,8 +48,8 @@ def full_error() -> bool:
 def report_errors(task: F) -> F:
     """Turn a `GenexpError` raised by a Hydra task into `genexp: error: ...` and exit status 2.
 
-    Tracebacks only appear with HYDRA_FULL_ERROR=1. In a multirun the error is re-raised so the
-    launcher records the job as failed.
+    Tracebacks only appear with HYDRA_FULL_ERROR=1. In a multirun the line is printed too, then the error
+    is re-raised so the launcher records the job as failed.
     """
 
     @functools.wraps(task)
@@ -57,9 +57,11 @@ def report_errors(task: F) -> F:
         try:
             return task(*args, **kwargs)
         except (GenexpError, OmegaConfBaseException) as err:
-            if full_error() or _in_multirun():
+            if full_error():
                 raise
-            print(f"genexp: error: {_describe(err)}", file=sys.stderr)
+            print(f"genexp: error: {_describe(err)}", file=sys.stderr, flush=True)
+            if _in_multirun():
+                raise  # the launcher records the job as failed; the line above says why
             raise SystemExit(2) from None
 
     return wrapper  # type: ignore[return-value]

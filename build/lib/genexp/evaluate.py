@@ -20,14 +20,14 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 
 from genexp.build import build_callbacks, build_loggers
-from genexp.console import config_dir, quiet_console
 from genexp.errors import ConfigError, report_errors
 from genexp.models.base import GenerativeModule
-from genexp.rebuild import load_any
+from genexp.rebuild import load_any, trust
 from genexp.report.compare import compare_runs
 from genexp.report.measure_run import SpeedSettings, measure_target
 from genexp.report.tables import print_compare, print_single, single_markdown
 from genexp.run_folder import ensure_fresh, write_json
+from genexp.startup import config_dir, quiet_console
 from genexp.validation import check_trainer
 
 log = logging.getLogger(__name__)
@@ -39,6 +39,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Report on ``target`` / ``ckpt_path``, or compare the runs under ``compare``."""
     quiet_console()
     check_trainer(cfg)
+    trust(cfg.get("trust"))
     mode, value = _chosen(cfg)
     settings = SpeedSettings.from_config(cfg.get("report"))
     output_dir = ensure_fresh(cfg.paths.output_dir)

@@ -16,6 +16,7 @@ What a path is, is decided by what it holds (``load_any``):
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,17 +27,39 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from genexp.build import build_datamodule, build_model, instantiate
-from genexp.deploy.artifact import ARTIFACT_DIR, install_artifact, is_artifact, read_artifact
-from genexp.errors import CheckpointError, GenexpError, first_line
+from genexp.deploy.artifact import ARTIFACT_DIR, artifact_file, install_artifact, is_artifact, read_artifact
+from genexp.errors import CheckpointError, ConfigError, GenexpError, first_line
 from genexp.models.base import CONFIG_KEY, GenerativeModule
 
-# A config from disk is data: only these callables may be instantiated from it.
+# A config from disk is data: only these callables may be instantiated from it (plus what the user trusts).
 TRUSTED_TARGETS = ("genexp.", "torch.optim.", "lightning.pytorch.")
+TRUST_ENV = "GENEXP_TRUST"  # comma-separated extra prefixes, e.g. GENEXP_TRUST=mypkg.,otherpkg.models.
+_trusted_by_config: tuple[str, ...] = ()
 REBUILT_GROUPS = ("data", "model", "optimizer", "scheduler")
 CHECKPOINT_SUFFIX = ".ckpt"
 
 
 # ----- reading and trusting ------------------------------------------------------------------------
+def trust(prefixes: Any, key: str = "trust") -> tuple[str, ...]:
+    """Also trust the module prefixes of the run's ``trust`` key (e.g. ``trust=[mypkg.]``); returns them all.
+
+    Entry points call this once with ``cfg.trust``; ``GENEXP_TRUST`` adds more from the environment.
+    """
+    global _trusted_by_config
+    values = [] if prefixes is None else ([prefixes] if isinstance(prefixes, str) else list(prefixes))
+    for value in values:
+        if not isinstance(value, str) or not value.strip(".") or not all(p.isidentifier() for p in value.strip(".").split(".")):
+            raise ConfigError(key, prefixes, "a list of module prefixes to trust, e.g. trust=[mypkg.]")
+    _trusted_by_config = tuple(values)
+    return trusted_targets()
+
+
+def trusted_targets() -> tuple[str, ...]:
+    """The callables a config from disk may name: genexp, torch.optim, Lightning, ``trust`` and ``GENEXP_TRUST``."""
+    from_env = tuple(p.strip() for p in os.environ.get(TRUST_ENV, "").split(",") if p.strip())
+    return TRUSTED_TARGETS + _trusted_by_config + from_env
+
+
 def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     """Load a genexp checkpoint on the CPU with ``weights_only=True``.
 
@@ -83,11 +106,12 @@ def saved_config(checkpoint: dict[str, Any], path: str | Path, key: str = "ckpt_
 
 def check_trusted(node: Any, path: str | Path, key: str, where: str) -> None:
     """Raise CheckpointError when ``node`` (a config read from ``path``) names an untrusted ``_target_``."""
+    trusted = trusted_targets()
     for target in _targets(node):
-        if not isinstance(target, str) or not target.startswith(TRUSTED_TARGETS):
+        if not isinstance(target, str) or not target.startswith(trusted):
             raise CheckpointError(
-                f"{key}={path}: saved config names _target_={target!r} under {where}; "
-                f"expected a callable from {', '.join(TRUSTED_TARGETS)}"
+                f"{key}={path}: saved config names _target_={target!r} under {where}; expected a callable "
+                f"from {', '.join(trusted)} (only if it is your own package: trust=[yourpkg.] or {TRUST_ENV}=yourpkg.)"
             )
 
 
@@ -98,6 +122,25 @@ def _targets(node: Any) -> list[Any]:
     if isinstance(node, list):
         return [t for value in node for t in _targets(value)]
     return []
+
+
+def check_resumable(checkpoint: dict[str, Any], model: nn.Module, path: str | Path, key: str = "ckpt_path") -> None:
+    """Raise CheckpointError when ``checkpoint`` holds another model family, or weights of other shapes, than
+    the ``model`` this run built (resuming needs the run's own model and data settings)."""
+    saved = str((checkpoint.get(CONFIG_KEY) or {}).get("model", {}).get("_target_", "?"))
+    ours = f"{type(model).__module__}.{type(model).__qualname__}"
+    if saved.rsplit(".", 1)[-1] != type(model).__qualname__:
+        raise CheckpointError(
+            f"{key}={path}: holds a {saved.rsplit('.', 1)[-1]} ({saved}) but this run builds a "
+            f"{type(model).__qualname__} ({ours}); resume with the overrides the checkpoint was trained with"
+        )
+    state = model.state_dict()
+    for name, tensor in checkpoint["state_dict"].items():
+        if name in state and hasattr(tensor, "shape") and tuple(tensor.shape) != tuple(state[name].shape):
+            raise CheckpointError(
+                f"{key}={path}: its {name} has shape {tuple(tensor.shape)}, this run's model "
+                f"{tuple(state[name].shape)}; resume with the model and data settings it was trained with"
+            )
 
 
 # ----- rebuilding ------------------------------------------------------------------------------------
@@ -160,7 +203,8 @@ def load_artifact(path: str | Path, key: str = "ckpt_path", data: dict[str, Any]
     path = Path(path)
     artifact = read_artifact(path, key=key)
     config = artifact[CONFIG_KEY]
-    model, datamodule = rebuild(config, artifact.get("datamodule") or {}, path, key, data)
+    check_trusted(artifact.get("model_kwargs") or {}, artifact_file(path), key, "model_kwargs")
+    model, datamodule = rebuild(config, artifact.get("datamodule") or {}, artifact_file(path), key, data)
     install_artifact(model, artifact)
     info = {"epoch": float(artifact.get("epoch", -1)), "global_step": float(artifact.get("global_step", -1))}
     folder = path if path.is_dir() else path.parent
@@ -179,8 +223,8 @@ def load_deployable(path: str | Path) -> nn.Module:
         logits = net(token_ids)
     """
     artifact = read_artifact(path, key="path")
-    trusted = saved_config(artifact, path, key="path")
-    check_trusted(artifact.get("model_kwargs") or {}, path, "path", "model_kwargs")
+    trusted = saved_config(artifact, artifact_file(path), key="path")
+    check_trusted(artifact.get("model_kwargs") or {}, artifact_file(path), "path", "model_kwargs")
     model_cfg = OmegaConf.to_container(trusted.model, resolve=True)
     assert isinstance(model_cfg, dict)
     if "compile" in model_cfg:

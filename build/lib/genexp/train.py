@@ -14,11 +14,11 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from genexp.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
-from genexp.console import config_dir, quiet_console
 from genexp.distributed import job_scope, relaunch_argv
 from genexp.errors import ConfigError, GenexpError, report_errors
-from genexp.rebuild import load_checkpoint
+from genexp.rebuild import check_resumable, load_checkpoint, trust
 from genexp.run_folder import ensure_fresh, resume_checkpoint, scalar_metrics, write_json
+from genexp.startup import config_dir, quiet_console
 from genexp.validation import validate_train_config
 
 log = logging.getLogger(__name__)
@@ -30,6 +30,7 @@ def train(cfg: DictConfig) -> float | None:
     """Train (and test) one composed run; returns ``cfg.optimized_metric`` for sweepers."""
     quiet_console()
     validate_train_config(cfg)
+    trust(cfg.get("trust"))  # a teacher's saved config may name the user's own trusted package
     if cfg.get("ckpt_path"):
         load_checkpoint(cfg.ckpt_path)  # fail now, with the path named, if it is missing or corrupt
     output_dir = ensure_fresh(cfg.paths.output_dir)
@@ -44,6 +45,8 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> f
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     model.genexp_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    if ckpt_path:
+        check_resumable(load_checkpoint(ckpt_path), model, ckpt_path)  # one line, not a state_dict traceback
     trainer = build_trainer(cfg, build_callbacks(cfg), build_loggers(cfg))
 
     log.info("Run folder: %s", output_dir)

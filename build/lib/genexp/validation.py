@@ -13,17 +13,6 @@ from omegaconf import DictConfig, OmegaConf
 from genexp.checks import int_at_least, is_int, number_at_least
 from genexp.errors import ConfigError
 
-PRECISIONS = (
-    "32-true",
-    "32",
-    "bf16-mixed",
-    "bf16-true",
-    "16-mixed",
-    "16-true",
-    "64-true",
-    "transformer-engine",
-)
-
 
 def check_int(cfg: DictConfig, key: str, minimum: int, allow_none: bool = False) -> None:
     """``cfg``'s value at ``key`` is an integer >= ``minimum`` (or null)."""
@@ -44,9 +33,6 @@ def check_trainer(cfg: DictConfig) -> None:
     check_int(cfg, "trainer.log_every_n_steps", 1, allow_none=True)
     if "max_steps" in trainer:
         check_int(cfg, "trainer.max_steps", -1, allow_none=True)
-    precision = str(trainer.get("precision", "32-true"))
-    if precision not in PRECISIONS:
-        raise ConfigError("trainer.precision", precision, f"one of {list(PRECISIONS)}")
     number_at_least("trainer.gradient_clip_val", trainer.get("gradient_clip_val"), 0, allow_none=True)
 
 

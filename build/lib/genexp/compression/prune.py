@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import lightning as L
@@ -41,6 +42,7 @@ log = logging.getLogger(__name__)
 
 METHODS = ("l1_unstructured", "random_unstructured", "ln_structured")
 SCOPES = ("global", "layer")
+UNBOUNDED_END = 10  # end_epoch null in a fit without max_epochs
 
 
 class PruningCallback(Callback):
@@ -54,7 +56,9 @@ class PruningCallback(Callback):
             sparsity). Global structured ranks channels by their norm per element.
         final_sparsity, initial_sparsity: fractions of the targeted weights pruned at ``end_epoch`` and
             at ``start_epoch`` (in [0, 1)).
-        start_epoch, end_epoch, every_n_epochs, ramp: the ``CompressionSchedule`` (cubic, linear, one_shot).
+        start_epoch, end_epoch, every_n_epochs, ramp: the ``CompressionSchedule`` (cubic, linear, one_shot);
+            ``end_epoch`` null (the default) is the fit's last epoch (``trainer.max_epochs - 1``; 10 when the
+            fit has no epoch limit), so ``final_sparsity`` is what the run ends with.
         dim, n: the slice dimension and norm order of ``ln_structured``.
         include: regexes (``re.search`` on module names inside ``deployable()``); when given, every
             module with a ``weight`` that matches is a target, embeddings and norms included. Each
@@ -73,7 +77,7 @@ class PruningCallback(Callback):
         final_sparsity: float = 0.5,
         initial_sparsity: float = 0.0,
         start_epoch: int = 0,
-        end_epoch: int = 10,
+        end_epoch: int | None = None,
         every_n_epochs: int = 1,
         ramp: str = "cubic",
         dim: int | None = None,
@@ -90,9 +94,13 @@ class PruningCallback(Callback):
         p = key_prefix
         one_of(f"{p}.method", method, METHODS)
         one_of(f"{p}.scope", scope, SCOPES)
+        if end_epoch is None:  # until setup knows the last epoch
+            end_epoch_or_default = max(start_epoch, UNBOUNDED_END) if is_int(start_epoch) else UNBOUNDED_END
+        else:
+            end_epoch_or_default = end_epoch
         self.schedule = CompressionSchedule(
             start_epoch=start_epoch,
-            end_epoch=end_epoch,
+            end_epoch=end_epoch_or_default,
             every_n_epochs=every_n_epochs,
             initial=initial_sparsity,
             final=final_sparsity,
@@ -101,6 +109,7 @@ class PruningCallback(Callback):
             initial_key="initial_sparsity",
             final_key="final_sparsity",
         )
+        self._end_epoch = end_epoch  # None: the fit's last epoch (set in setup, when the trainer is known)
         if final_sparsity < initial_sparsity:
             raise ConfigError(f"{p}.final_sparsity", final_sparsity, f"a fraction >= {p}.initial_sparsity")
         self.structured = method == "ln_structured"
@@ -150,6 +159,9 @@ class PruningCallback(Callback):
     # ----- Lightning hooks -----------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
+            last = last_epoch(trainer.max_epochs)
+            if self._end_epoch is None and last is not None:  # reach final_sparsity in the last epoch
+                self.schedule = replace(self.schedule, end_epoch=max(last, self.schedule.start_epoch))
             self._attach(deployable_of(pl_module))
             if self.structured:
                 for name, module in self.targets.items():

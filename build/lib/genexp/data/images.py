@@ -32,6 +32,8 @@ class ImageDataModule(L.LightningDataModule):
         seed: split seed; the same seed always gives the same split.
     """
 
+    kind = "images"  # what the models it feeds need (GenerativeModule.data_kind)
+
     def __init__(
         self,
         name: str = "digits",

@@ -132,10 +132,13 @@ class TextDataModule(L.LightningDataModule):
         block_size: characters of context the model sees (windows are ``block_size + 1`` long).
         batch_size: windows per batch.
         batches_per_epoch: training batches per "epoch".
-        val_batches: fixed validation batches (also used by the test stage).
-        val_fraction: share of the text, at its end, held out for validation (0.1 gives the 90/10 split).
+        val_batches: fixed validation batches (the test stage uses as many, from its own split).
+        val_fraction, test_fraction: shares of the text held out at its end, validation then test
+            (0.05 and 0.05 give the 90/5/5 split: test windows are never seen by validation).
         seed: seed of the random training windows.
     """
+
+    kind = "text"  # what the models it feeds need (GenerativeModule.data_kind)
 
     def __init__(
         self,
@@ -147,7 +150,8 @@ class TextDataModule(L.LightningDataModule):
         batch_size: int = 12,
         batches_per_epoch: int = 200,
         val_batches: int = 20,
-        val_fraction: float = 0.1,
+        val_fraction: float = 0.05,
+        test_fraction: float = 0.05,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -159,16 +163,22 @@ class TextDataModule(L.LightningDataModule):
         ):
             positive_int(key, value)
         fraction("data.val_fraction", val_fraction, open_low=True)
+        fraction("data.test_fraction", test_fraction, open_low=True)
+        if val_fraction + test_fraction >= 1:
+            raise ConfigError(
+                "data.test_fraction", test_fraction, f"a fraction with data.val_fraction + it < 1 (val: {val_fraction})"
+            )
         self.save_hyperparameters(logger=False)
         self.name, self.path, self.url, self.download = name, Path(path), url, download
         self.block_size, self.batch_size = block_size, batch_size
         self.batches_per_epoch, self.val_batches = batches_per_epoch, val_batches
-        self.val_fraction, self.seed = val_fraction, seed
+        self.val_fraction, self.test_fraction, self.seed = val_fraction, test_fraction, seed
         self.vocab: CharVocab | None = None  # restored from a checkpoint, or built from the file in setup()
         self.train_data: torch.Tensor | None = None
         self.val_data: torch.Tensor | None = None
         self.train_set: RandomWindows | None = None
         self.val_set: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.test_set: tuple[torch.Tensor, torch.Tensor] | None = None
         self._text: str | None = None
 
     # ----- the file and its vocabulary ---------------------------------------------------------
@@ -234,15 +244,19 @@ class TextDataModule(L.LightningDataModule):
             )
         data = vocab.encode(text)
         n, need = len(data), self.block_size + 1
-        # 90/10, but each part keeps at least one window: on tiny files the parts overlap.
-        split = int(n * (1 - self.val_fraction))
-        self.train_data = data[: max(split, need)]
-        self.val_data = data[min(split, n - need) :]
+        # train | val | test (90/5/5 by default), each part at least one window: on tiny files they overlap.
+        test_start = n - int(n * self.test_fraction)
+        val_start = test_start - int(n * self.val_fraction)
+        self.train_data = data[: max(val_start, need)]
+        val_from = min(val_start, n - need)
+        self.val_data = data[val_from : max(test_start, val_from + need)]
+        self.test_data = data[min(test_start, n - need) :]
         rank = self.trainer.global_rank if self.trainer is not None else 0
         self.train_set = RandomWindows(
             self.train_data, self.block_size, self.batch_size, self.batches_per_epoch, self.seed, rank
         )
         self.val_set = fixed_windows(self.val_data, self.block_size, self.val_batches * self.batch_size)
+        self.test_set = fixed_windows(self.test_data, self.block_size, self.val_batches * self.batch_size)
 
     def train_dataloader(self) -> DataLoader:
         assert self.train_set is not None, "call setup() first"
@@ -251,9 +265,13 @@ class TextDataModule(L.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         assert self.val_set is not None, "call setup() first"
-        x, y = self.val_set
-        batches = list(zip(x.split(self.batch_size), y.split(self.batch_size), strict=True))
-        return DataLoader(batches, batch_size=None, shuffle=False)
+        return self._fixed_loader(self.val_set)
 
     def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
+        assert self.test_set is not None, "call setup() first"
+        return self._fixed_loader(self.test_set)
+
+    def _fixed_loader(self, windows: tuple[torch.Tensor, torch.Tensor]) -> DataLoader:
+        x, y = windows
+        batches = list(zip(x.split(self.batch_size), y.split(self.batch_size), strict=True))
+        return DataLoader(batches, batch_size=None, shuffle=False)

@@ -82,6 +82,12 @@ def save_deployable(
     return folder
 
 
+def artifact_file(path: str | Path) -> Path:
+    """The ``deployable.pt`` of an artifact folder (or the file itself)."""
+    path = Path(path)
+    return path / ARTIFACT_FILE if path.is_dir() else path
+
+
 def is_artifact(path: str | Path) -> bool:
     """True when ``path`` is a deployable artifact folder or its ``deployable.pt``."""
     path = Path(path)
@@ -96,7 +102,7 @@ def read_artifact(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
     import torchao  # noqa: F401  (registers its tensor subclasses as safe globals for weights_only)
 
     path = Path(path)
-    file = path / ARTIFACT_FILE if path.is_dir() else path
+    file = artifact_file(path)
     if not file.is_file():
         raise CheckpointError(
             f"{key}={path}: no {ARTIFACT_FILE} (expected a quantized/ folder written by compression=[quantize])"

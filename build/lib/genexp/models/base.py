@@ -20,7 +20,7 @@ import inspect
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import lightning as L
 import torch
@@ -38,6 +38,9 @@ CONFIG_KEY = "genexp_config"
 class GenerativeModule(L.LightningModule):
     """Base LightningModule for every genexp model family.
 
+    Subclasses set ``data_kind`` ("images" or "text": what ``model_kwargs()`` of the data module must
+    describe); ``genexp.build`` refuses a data module of the other kind with a message naming both.
+
     Args:
         optimizer: a partial ``torch.optim`` constructor (Hydra ``_partial_: true``) taking params.
         scheduler: Lightning's scheduler dict whose ``scheduler`` entry is a partial taking the
@@ -45,6 +48,8 @@ class GenerativeModule(L.LightningModule):
         sample_every_n_epochs: how often validation logs samples (0 turns it off).
         num_samples: how many samples a grid or text log shows.
     """
+
+    data_kind: ClassVar[str | None] = None  # "images" or "text"; None accepts any data module
 
     def __init__(
         self,

@@ -129,6 +129,8 @@ class GPT(GenerativeModule):
         **base: ``optimizer``, ``scheduler``, ``sample_every_n_epochs``, ``num_samples`` (GenerativeModule).
     """
 
+    data_kind = "text"
+
     def __init__(
         self,
         vocab_size: int = 65,

@@ -93,6 +93,8 @@ class VAE(GenerativeModule):
         likelihood: ``bernoulli`` (logits) or ``gaussian`` (mean plus a learned global log-scale).
     """
 
+    data_kind = "images"
+
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (1, 16, 16),

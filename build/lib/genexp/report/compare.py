@@ -21,6 +21,7 @@ from typing import Any
 from lightning.pytorch import Callback
 from omegaconf import DictConfig
 
+from genexp.deploy.artifact import is_artifact
 from genexp.deploy.latency import interleaved_cpu_latency
 from genexp.errors import GenexpError, first_line
 from genexp.rebuild import Loaded, is_run_folder, load_any
@@ -41,7 +42,7 @@ def discover(targets: Sequence[str | Path], key: str = "compare") -> list[Path]:
         path = Path(target)
         if not path.exists():
             raise GenexpError(f"{key}={path}: no such file or folder")
-        if path.is_file() or is_run_folder(path):
+        if path.is_file() or is_run_folder(path) or is_artifact(path):
             found.append(path)
             continue
         runs = sorted({p.parent for p in path.rglob(".hydra") if is_run_folder(p.parent)}, key=_natural)

@@ -6,8 +6,8 @@ Every metric is read from the test stage ``genexp-eval`` runs (lower is better f
   samples' domain FID and class coverage when ``callbacks.sample_quality`` ran);
 - GAN: domain-classifier FID of 1,000 samples against the test split (``test/fid``, from
   ``genexp.metrics.callback.SampleQuality``), with the number of digit classes covered;
-- GPT: held-out loss in nats per character (``test/loss``; the text test split is the validation
-  split), bits per character and perplexity.
+- GPT: held-out loss in nats per character (``test/loss``, on the text's own test split: the last 5%,
+  never seen by validation), bits per character and perplexity.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ FAMILIES: dict[str, Family] = {
     "GAN": Family(
         "gan", "test/fid", "domain FID vs test split (lower is better)", ("test/fid", "test/classes_covered")
     ),
-    "GPT": Family("gpt", "test/loss", "val loss (nats/char)", ("test/loss", "test/bpc", "test/ppl")),
+    "GPT": Family("gpt", "test/loss", "test loss (nats/char)", ("test/loss", "test/bpc", "test/ppl")),
 }
 
 

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from torch.utils.tensorboard import SummaryWriter
-from torch.utils.tensorboard.summary import hparams
 
 NUMBERS = (
     "quality",
@@ -62,13 +61,7 @@ def write_hparams(rows: Sequence[dict[str, Any]], folder: str | Path) -> list[Pa
     written = []
     for i, row in enumerate(rows):
         logdir = folder / f"{i:02d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', row['run'])}"
-        params, metrics = hparams_of(row), metrics_of(row)
-        experiment, start, end = hparams(params, metrics, hparam_domain_discrete=discrete)
-        with SummaryWriter(log_dir=str(logdir)) as writer:
-            file_writer = writer._get_file_writer()
-            for summary in (experiment, start, end):
-                file_writer.add_summary(summary)
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, 0)
+        with SummaryWriter(log_dir=str(logdir)) as writer:  # add_hparams writes the summary and each metric
+            writer.add_hparams(hparams_of(row), metrics_of(row), hparam_domain_discrete=discrete, run_name=".")
         written.append(logdir)
     return written
