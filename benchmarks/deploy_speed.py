@@ -29,16 +29,9 @@ import torch
 from omegaconf import OmegaConf
 
 from _harness import genexp_train
+from genexp.deploy.latency import cpu_flags, cpu_name, interleaved_latency, tokens_per_s, torch_call
 from genexp.deploy.onnx_package import write_package
-from genexp.deploy.onnx_runtime import (
-    cpu_flags,
-    cpu_name,
-    interleaved_latency,
-    open_session,
-    session_call,
-    tokens_per_s,
-    torch_call,
-)
+from genexp.deploy.onnx_runtime import open_session, session_call
 from genexp.models.gpt import GPT
 from genexp.onnx_families import family_of as export_family
 from genexp.onnx_families import graphs_of, install_graphs

@@ -19,7 +19,6 @@ already holds them), a torch int8 artifact dequantized, hooks removed.
 
 from __future__ import annotations
 
-import copy
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ import onnx
 import torch
 from torch import nn
 
+from genexp.deploy.layers import Int8WeightConv, plain_copy, set_submodule
 from genexp.errors import ConfigError, GenexpError, first_line
 
 log = logging.getLogger(__name__)
@@ -94,29 +94,16 @@ def check_opset(opset: Any, key: str = "opset") -> int:
 
 
 def float_copy(module: nn.Module) -> nn.Module:
-    """A plain float32 copy of ``module`` for export: pruning folded, torch int8 weights dequantized, no hooks."""
-    memo = {  # a pruning hook's masked ``weight`` is a non-leaf tensor: copy it detached
-        id(v): v.detach().clone()
-        for m in module.modules()
-        for v in vars(m).values()
-        if isinstance(v, torch.Tensor) and not v.is_leaf
-    }
-    fresh = copy.deepcopy(module, memo)
+    """A plain float32 copy of ``module`` for export: pruning folded (``layers.plain_copy``), torch int8 weights
+    dequantized (``Int8WeightConv`` back to its conv, torchao weights through ``dequantize()``), no hooks."""
+    fresh = plain_copy(module)
     for name, m in list(fresh.named_modules()):
-        if hasattr(m, "dequantized_weight") and hasattr(m, "layer"):  # Int8WeightConv
-            layer = m.layer
-            layer.weight = nn.Parameter(m.dequantized_weight().detach().float())
-            parent, _, child = name.rpartition(".")
-            setattr(fresh.get_submodule(parent) if parent else fresh, child, layer)
+        if isinstance(m, Int8WeightConv):
+            m.layer.weight = nn.Parameter(m.dequantized_weight().detach().float())
+            set_submodule(fresh, name, m.layer)
     for m in fresh.modules():
-        for hook_name in ("_forward_pre_hooks", "_forward_hooks"):
-            getattr(m, hook_name).clear()
-        if hasattr(m, "weight_orig") and hasattr(m, "weight_mask"):  # a pruning reparametrization
-            weight = (m.weight_orig * m.weight_mask).detach()
-            del m._parameters["weight_orig"], m._buffers["weight_mask"]
-            if "weight" in vars(m):
-                delattr(m, "weight")
-            m.weight = nn.Parameter(weight)
+        m._forward_pre_hooks.clear()  # a half cast's dtype hooks
+        m._forward_hooks.clear()
         for pname, p in list(m._parameters.items()):
             if p is not None and type(p.data) is not torch.Tensor and hasattr(p.data, "dequantize"):
                 m._parameters[pname] = nn.Parameter(p.data.dequantize().float(), requires_grad=False)

@@ -20,17 +20,10 @@ import onnx
 import onnxruntime
 import torch
 
+from genexp.deploy.latency import cpu_flags, cpu_name, interleaved_latency, tokens_per_s, torch_call
 from genexp.deploy.onnx_export import FORMAT, Family, Graph, export_graph, initializer_counts, io_of
 from genexp.deploy.onnx_quantize import quantize_graph
-from genexp.deploy.onnx_runtime import (
-    cpu_flags,
-    cpu_name,
-    interleaved_latency,
-    open_session,
-    session_call,
-    tokens_per_s,
-    torch_call,
-)
+from genexp.deploy.onnx_runtime import open_session, session_call
 from genexp.errors import ConfigError, GenexpError
 
 QUANTIZE = ("none", "int8")

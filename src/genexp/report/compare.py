@@ -21,7 +21,7 @@ from typing import Any
 from lightning.pytorch import Callback
 from omegaconf import DictConfig
 
-from genexp.deploy.onnx_runtime import interleaved_latency
+from genexp.deploy.latency import interleaved_latency
 from genexp.errors import GenexpError, first_line
 from genexp.rebuild import Loaded, is_run_folder
 from genexp.report.family import family_of

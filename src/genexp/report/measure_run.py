@@ -24,8 +24,15 @@ from omegaconf import DictConfig
 from genexp.build import instantiate
 from genexp.checks import int_at_least
 from genexp.deploy.costs import measure
-from genexp.deploy.latency import cpu_latency_ms, gpu_latency, on_device, throughput
-from genexp.deploy.onnx_runtime import cpu_name, interleaved_latency, session_call
+from genexp.deploy.latency import (
+    cpu_latency_ms,
+    cpu_name,
+    gpu_latency,
+    interleaved_latency,
+    on_device,
+    throughput,
+)
+from genexp.deploy.onnx_runtime import session_call
 from genexp.rebuild import Loaded
 from genexp.report.family import compression_of, family_of, model_class
 from genexp.report.onnx_target import backend_latency, onnx_size
