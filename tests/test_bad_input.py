@@ -57,8 +57,8 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
                                       "compression.prune.end_epoch=2"], ["compression.prune.start_epoch=5"]),
     "prune method": (TRAIN, ["compression=[prune]", "compression.prune.method=magic"],
                      ["compression.prune.method='magic'", "l1_unstructured"]),
-    "prune structured without dim": (TRAIN, ["compression=[prune]", "compression.prune.method=ln_structured",
-                                             "compression.prune.dim=null"], ["compression.prune.dim"]),
+    "prune structured bad dim": (TRAIN, ["compression=[prune]", "compression.prune.method=ln_structured",
+                                         "compression.prune.dim=abc"], ["compression.prune.dim"]),
     "prune include matches nothing": (TRAIN, ["compression=[prune]", "compression.prune.include=[nomatch]"],
                                       ["compression.prune.include", "nomatch"]),
     # checkpoints

@@ -231,7 +231,7 @@ def test_targets_include_exclude_and_tied_weights() -> None:
         ({"initial_sparsity": 1.5}, "initial_sparsity"),
         ({"start_epoch": 6, "end_epoch": 3}, "start_epoch"),
         ({"method": "magnitude"}, "method"),
-        ({"method": "ln_structured"}, "dim"),
+        ({"method": "ln_structured", "dim": "rows"}, "dim"),
         ({"scope": "model"}, "scope"),
         ({"ramp": "steps"}, "ramp"),
         ({"include": ["("]}, "include"),

@@ -1,6 +1,6 @@
 """genexp-eval: measure a run, a checkpoint or a quantized artifact, or compare the runs of a sweep.
 
-    genexp-eval target=outputs/train/runs/<time>         # a run folder, a .ckpt or a quantized artifact
+    genexp-eval target=outputs/train/runs/<time>         # a run folder, a .ckpt, a quantized artifact or a .onnx
     genexp-eval ckpt_path=outputs/.../last.ckpt          # the same, for a checkpoint
     genexp-eval compare=outputs/train/multiruns/<time>   # or compare=[run_a,run_b,...]
 
@@ -22,9 +22,10 @@ from rich.console import Console
 from genexp.build import build_callbacks, build_loggers
 from genexp.errors import ConfigError, report_errors
 from genexp.models.base import GenerativeModule
-from genexp.rebuild import load_any, trust
+from genexp.rebuild import trust
 from genexp.report.compare import compare_runs
 from genexp.report.measure_run import SpeedSettings, measure_target
+from genexp.report.onnx_target import load_target
 from genexp.report.tables import print_compare, print_single, single_markdown
 from genexp.run_folder import ensure_fresh, write_json
 from genexp.startup import config_dir, quiet_console
@@ -53,7 +54,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         log.info("Report: %s (plot %s)", output_dir / "report.md", output_dir / summary["plot"])
         return summary
 
-    loaded = load_any(value, key=mode, data=data)  # type: ignore[arg-type]
+    loaded = load_target(value, key=mode, data=data)  # type: ignore[arg-type]
     row = measure_target(loaded, cfg.trainer, build_callbacks(cfg), settings, loggers=build_loggers(cfg))
     write_json(output_dir / "report.json", row)
     (output_dir / "report.md").write_text(single_markdown(row), encoding="utf-8")
@@ -71,7 +72,7 @@ def _chosen(cfg: DictConfig) -> tuple[str, Any]:
         raise ConfigError(
             "target",
             {mode: value for mode, value in given} or None,
-            "exactly one of target=<run folder | .ckpt | quantized artifact>, ckpt_path=<.ckpt> or "
+            "exactly one of target=<run folder | .ckpt | quantized artifact | exported .onnx>, ckpt_path=<.ckpt> or "
             "compare=<multirun folder | [run, run, ...]>",
         )
     return given[0]

@@ -148,13 +148,17 @@ def check_resumable(checkpoint: dict[str, Any], model: nn.Module, path: str | Pa
 class Loaded:
     """A rebuilt model: what was loaded, from where, and the pieces to test it."""
 
-    kind: str  # "checkpoint" or "artifact"
+    kind: str  # "checkpoint", "artifact" or "onnx"
     path: Path  # the file that was loaded
     run_dir: Path | None  # the genexp-train run folder it belongs to, if any
     config: dict[str, Any]  # the run's composed config (as saved in the checkpoint)
     model: GenerativeModule
     datamodule: L.LightningDataModule
     info: dict[str, float] = field(default_factory=dict)  # checkpoint epoch and step
+    backend: str = "torch"  # what computes the deployable: "torch" or "onnxruntime"
+    precision: str = "fp32"  # an ONNX graph's: "fp32" or "int8"
+    session: Any = None  # the ONNX Runtime session of an .onnx target
+    reference: GenerativeModule | None = None  # the torch model an .onnx target was exported from
 
 
 def rebuild(
@@ -186,6 +190,7 @@ def load_model(path: str | Path, key: str = "ckpt_path", data: dict[str, Any] | 
     checkpoint = load_checkpoint(path, key=key)
     config = checkpoint[CONFIG_KEY]
     model, datamodule = rebuild(config, checkpoint, path, key, data)
+    model.conform_to(checkpoint)  # a structured-pruned run: its smaller widths
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:

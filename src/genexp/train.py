@@ -46,7 +46,10 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> f
     model = build_model(cfg, datamodule)
     model.genexp_config = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     if ckpt_path:
-        check_resumable(load_checkpoint(ckpt_path), model, ckpt_path)  # one line, not a state_dict traceback
+        checkpoint = load_checkpoint(ckpt_path)
+        model.conform_to(checkpoint)  # a structured-pruned run resumes at its smaller widths
+        check_resumable(checkpoint, model, ckpt_path)  # one line, not a state_dict traceback
+        del checkpoint
     trainer = build_trainer(cfg, build_callbacks(cfg), build_loggers(cfg))
 
     log.info("Run folder: %s", output_dir)

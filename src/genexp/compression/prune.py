@@ -50,8 +50,9 @@ class PruningCallback(Callback):
 
     Args:
         method: ``l1_unstructured`` (smallest magnitudes), ``random_unstructured`` (seeded, identical on
-            every rank) or ``ln_structured`` (whole slices along ``dim`` with the smallest ``n``-norm;
-            ``dim=0`` removes output channels of Linear/Conv, input channels of ConvTranspose).
+            every rank) or ``ln_structured``: without ``dim``, whole attention heads, MLP units and conv
+            channels, removed at fit end (``genexp.compression.prune_units.UnitPruningCallback``); with an
+            integer ``dim``, masks of whole slices along it (``dim=0``: output channels of Linear/Conv).
         scope: ``global`` (one ranking over all targeted weights) or ``layer`` (each layer to the same
             sparsity). Global structured ranks channels by their norm per element.
         final_sparsity, initial_sparsity: fractions of the targeted weights pruned at ``end_epoch`` and
@@ -113,8 +114,8 @@ class PruningCallback(Callback):
         if final_sparsity < initial_sparsity:
             raise ConfigError(f"{p}.final_sparsity", final_sparsity, f"a fraction >= {p}.initial_sparsity")
         self.structured = method == "ln_structured"
-        if self.structured and not is_int(dim):
-            raise ConfigError(f"{p}.dim", dim, "an integer dimension for ln_structured (0 = output channels)")
+        if self.structured and dim is not None and not is_int(dim):
+            raise ConfigError(f"{p}.dim", dim, "null (remove heads, units, channels) or an integer dimension")
         if isinstance(n, str):  # YAML: fro, inf
             n = {"fro": 2.0, "inf": math.inf}.get(n.lower(), n)
         if not isinstance(n, (int, float)) or isinstance(n, bool) or not n > 0:
@@ -134,6 +135,14 @@ class PruningCallback(Callback):
         self.history: list[dict[str, float]] = []
         self._restored_masks: dict[str, torch.Tensor] | None = None
         self._hook: Any = None
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> PruningCallback:
+        """``method=ln_structured`` without ``dim`` builds a ``UnitPruningCallback`` (removes units at fit end)."""
+        if cls is PruningCallback and kwargs.get("method") == "ln_structured" and kwargs.get("dim") is None:
+            from genexp.compression.prune_units import UnitPruningCallback
+
+            return super().__new__(UnitPruningCallback)
+        return super().__new__(cls)
 
     @property
     def targets(self) -> dict[str, nn.Module]:

@@ -6,5 +6,7 @@ Importable without Lightning callbacks or training code:
 - ``layers``: ``Int8WeightConv``, the half-precision cast, the recipe's module swaps;
 - ``artifact``: the ``quantized/`` artifact (save / read / install);
 - ``costs``: parameters, non-zeros, bytes (``measure``) and output fidelity;
-- ``latency``: CPU (and GPU) latency and throughput on a fixed batch.
+- ``latency``: CPU (and GPU) latency and throughput on a fixed batch;
+- ``onnx_export``, ``onnx_quantize``, ``onnx_runtime``, ``onnx_package``: the ONNX deployables (``model.onnx``,
+  ``model.int8.onnx``, ``model.json``) that run with onnxruntime and numpy alone, and latency per backend.
 """

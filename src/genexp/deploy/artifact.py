@@ -27,6 +27,7 @@ from torch import nn
 from genexp.deploy.layers import restructure
 from genexp.deploy.sparse_format import deployable_state_dict, load_sparse_state_dict, sparse_state_dict
 from genexp.errors import CheckpointError, ConfigError, first_line
+from genexp.resize import STRUCTURE_KEY, conform
 from genexp.run_folder import write_json
 
 ARTIFACT_DIR, ARTIFACT_FILE, CONTEXT_FILE, RECIPE_FILE = "quantized", "deployable.pt", "context.pt", "recipe.json"
@@ -67,6 +68,7 @@ def save_deployable(
         "epoch": getattr(trainer, "current_epoch", -1),
         "global_step": getattr(trainer, "global_step", -1),
         "state_dict": sparse_state_dict(deployable_state_dict(quantized)),  # sorted keys, as measure() counts
+        STRUCTURE_KEY: getattr(pl_module, STRUCTURE_KEY, None),  # structured pruning's smaller widths
     }
     torch.save(artifact, folder / ARTIFACT_FILE)
     prefix = f"{attribute}." if attribute else ""
@@ -131,6 +133,8 @@ def install_artifact(pl_module: nn.Module, artifact: dict[str, Any]) -> nn.Modul
     )
     try:
         state = load_sparse_state_dict(artifact["state_dict"])
+        prefix = f"{attribute}." if attribute else ""
+        conform(pl_module, {prefix + k: v for k, v in state.items()}, artifact.get(STRUCTURE_KEY))
         deployable.load_state_dict(state, assign=True)
     except (KeyError, TypeError, ValueError, RuntimeError) as err:
         where = artifact.get("where", "artifact")

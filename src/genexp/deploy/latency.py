@@ -1,17 +1,23 @@
 """Latency and throughput of a deployable on a fixed batch: CPU (median of repeats), and GPU when present.
 
-``cpu_latency_ms`` is the one CPU figure (``compression.json``, the report, TensorBoard and the benchmarks
-use it). ``interleaved_cpu_latency`` times several modules in alternating rounds, so that a shared
-machine's load drifts over all of them alike (a sweep's ratios stay honest).
+``cpu_latency_ms`` is the one CPU figure of a module (``compression.json``, the report, TensorBoard and the
+benchmarks use it). ``interleaved_latency`` times several calls (torch modules, ONNX Runtime sessions) in
+alternating rounds in one process, so that a shared machine's load drifts over all of them alike (a sweep's
+ratios stay honest): median and p10/p90 spread. ``tokens_per_s`` is text generation throughput;
+``cpu_name`` and ``cpu_flags`` say which CPU measured it.
 """
 
 from __future__ import annotations
 
 import copy
+import platform
 import statistics
 import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -50,19 +56,81 @@ def throughput(batch_size: int, latency_ms: float) -> float:
     return batch_size / (latency_ms / 1e3) if latency_ms > 0 else float("inf")
 
 
-def interleaved_cpu_latency(
-    modules: list[nn.Module], examples: list[Any], repeats: int = 20, warmup: int = 3, rounds: int = 4
-) -> list[float]:
-    """Median CPU ms of each ``module(example)``: ``rounds`` alternating rounds of ``repeats/rounds`` calls,
-    the median of the round medians."""
+def torch_call(module: nn.Module, example: Any) -> Callable[[], Any]:
+    """A no-argument call running ``module(example)`` in eager mode without autograd."""
+    args = example if isinstance(example, tuple) else (example,)
+    module = module.eval()
+
+    def call() -> Any:
+        with torch.inference_mode():
+            return module(*args)
+
+    return call
+
+
+def interleaved_latency(
+    calls: Mapping[str, Callable[[], Any]], repeats: int = 20, warmup: int = 3, rounds: int = 4
+) -> dict[str, dict[str, float]]:
+    """ms per call of each entry: ``rounds`` alternating rounds of ``repeats // rounds`` timed calls each.
+
+    Returns ``{name: {"median_ms", "p10_ms", "p90_ms", "spread"}}`` over all timed calls, where
+    ``spread = (p90 - p10) / median``.
+    """
     per_round = max(1, repeats // rounds)
-    medians: list[list[float]] = [[] for _ in modules]
-    for r in range(rounds):
-        for i, (module, example) in enumerate(zip(modules, examples, strict=True)):
-            medians[i].append(
-                cpu_latency_ms(module, example, repeats=per_round, warmup=warmup if r == 0 else 1)
-            )
-    return [statistics.median(m) for m in medians]
+    times: dict[str, list[float]] = {name: [] for name in calls}
+    for call in calls.values():
+        for _ in range(warmup):
+            call()
+    for _ in range(rounds):
+        for name, call in calls.items():
+            call()  # one untimed call: the cache now holds this entry's weights, not the previous one's
+            for _ in range(per_round):
+                start = time.perf_counter()
+                call()
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: _summary(values) for name, values in times.items()}
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    values = sorted(values)
+    median = statistics.median(values)
+    low, high = values[int(0.1 * (len(values) - 1))], values[int(round(0.9 * (len(values) - 1)))]
+    return {"median_ms": median, "p10_ms": low, "p90_ms": high, "spread": (high - low) / median if median else 0.0}
+
+
+def tokens_per_s(
+    next_logits: Callable[[np.ndarray], np.ndarray], prompt: np.ndarray, new_tokens: int, block_size: int
+) -> float:
+    """Greedy generation throughput: ``new_tokens`` tokens appended one by one to ``prompt`` (1, T), the
+    context cropped to ``block_size``; ``next_logits(ids)`` returns the logits of the last position."""
+    ids = prompt.astype(np.int64)
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        logits = next_logits(ids[:, -block_size:])
+        ids = np.concatenate([ids, logits.argmax(-1).reshape(1, 1).astype(np.int64)], axis=1)
+    return new_tokens / (time.perf_counter() - start)
+
+
+def cpu_name() -> str:
+    """The CPU model (``lscpu``'s model name), e.g. ``AMD EPYC``."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The CPU flags that decide int8 and bf16 speed (AVX2, AVX-512, VNNI, BF16, AMX) present here."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    return [f for f in wanted if f in flags]
 
 
 @torch.no_grad()

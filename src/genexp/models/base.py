@@ -29,6 +29,7 @@ from torch import nn
 
 from genexp.checks import positive_number
 from genexp.errors import ConfigError
+from genexp.resize import STRUCTURE_KEY, conform
 from genexp.visual import image_grid, save_png
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
@@ -64,6 +65,7 @@ class GenerativeModule(L.LightningModule):
         self.sample_every_n_epochs = sample_every_n_epochs
         self.num_samples = num_samples
         self.genexp_config: dict[str, Any] | None = None  # the composed run config, saved in checkpoints
+        self.genexp_structure: dict[str, Any] | None = None  # set when structured pruning removed units
         self.distiller: Distiller | None = None  # set by compression.distill during fit (not a submodule)
         _check_lr(self.optimizer_factory)
 
@@ -192,9 +194,20 @@ class GenerativeModule(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if self.genexp_config is not None:
             checkpoint[CONFIG_KEY] = self.genexp_config
+        if self.genexp_structure is not None:
+            checkpoint[STRUCTURE_KEY] = self.genexp_structure
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.genexp_config = checkpoint.get(CONFIG_KEY, self.genexp_config)
+        self.conform_to(checkpoint)
+
+    def conform_to(self, checkpoint: dict[str, Any]) -> None:
+        """Narrow the layers to a structured-pruned checkpoint's shapes (``genexp.resize``), before its
+        weights load; a checkpoint of the full-width network changes nothing."""
+        record = checkpoint.get(STRUCTURE_KEY)
+        if record is not None and "state_dict" in checkpoint:
+            conform(self, checkpoint["state_dict"], record)
+            self.genexp_structure = record
 
 
 class Distiller(Protocol):

@@ -22,12 +22,13 @@ from lightning.pytorch import Callback
 from omegaconf import DictConfig
 
 from genexp.deploy.artifact import is_artifact
-from genexp.deploy.latency import interleaved_cpu_latency
+from genexp.deploy.latency import interleaved_latency
 from genexp.errors import GenexpError, first_line
-from genexp.rebuild import Loaded, is_run_folder, load_any
+from genexp.rebuild import Loaded, is_run_folder
 from genexp.report.family import family_of
 from genexp.report.hparams import write_hparams
-from genexp.report.measure_run import SpeedSettings, assemble, example_of, size_of, speed_of, test_quality
+from genexp.report.measure_run import SpeedSettings, assemble, latency_call, size_of, speed_of, test_quality
+from genexp.report.onnx_target import load_target
 from genexp.report.pareto import pareto_plot
 from genexp.report.tables import compare_markdown
 from genexp.run_folder import write_json
@@ -78,7 +79,8 @@ def short_label(row: dict[str, Any]) -> str:
         parts.append(f"{label} QAT" if mode == "qat" else label)
     if row["distill"]:
         parts.append("KD")
-    return "+".join(parts) or ("dense" if row["baseline"] else row["compression"])
+    label = "+".join(parts) or ("dense" if row.get("dense", row["baseline"]) else row["compression"])
+    return f"ORT {label}" if row.get("backend") == "onnxruntime" else label
 
 
 def compare_runs(
@@ -101,7 +103,7 @@ def compare_runs(
     loaded: list[Loaded] = []
     for path in paths:
         try:
-            loaded.append(load_any(path, key=key, data=data))
+            loaded.append(load_target(path, key=key, data=data))
         except Exception as err:  # noqa: BLE001 - one bad run is reported, not fatal
             _skip(skipped, path, err)
     _check_one_family(loaded, key)
@@ -118,20 +120,15 @@ def compare_runs(
             f"{key}: every run failed to load or test: " + "; ".join(s["reason"] for s in skipped)
         )
 
-    batches = [settings.batch_for(item) for item, _, _ in measured]
-    latencies = interleaved_cpu_latency(
-        [item.model.deployable().cpu() for item, _, _ in measured],
-        [example_of(item, batch) for (item, _, _), batch in zip(measured, batches, strict=True)],
-        repeats=settings.repeats,
-        warmup=settings.warmup,
-        rounds=settings.rounds,
-    )
+    calls = {i: latency_call(item, settings.batch_for(item)) for i, (item, _, _) in enumerate(measured)}
+    timed = interleaved_latency(calls, settings.repeats, settings.warmup, settings.rounds)  # type: ignore[arg-type]
     rows = [
-        assemble(item, metrics, size, speed_of(item, settings, latency_ms=latency))
-        for (item, metrics, size), latency in zip(measured, latencies, strict=True)
+        assemble(item, metrics, size, speed_of(item, settings, latency_ms=timed[i]["median_ms"]))  # type: ignore[index]
+        for i, (item, metrics, size) in enumerate(measured)
     ]
     rows.sort(key=lambda r: (math.isnan(r["quality"]), r["quality"]))
     baseline = mark_baseline(rows)
+    flag_slower(rows)
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
         row["short"] = short_label(row)
@@ -169,6 +166,19 @@ def mark_baseline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
         ):
             row[name] = row[key] / baseline[key] if baseline and baseline[key] else None
     return baseline
+
+
+def flag_slower(rows: list[dict[str, Any]]) -> None:
+    """``slower_than_dense``: a compressed row slower than the dense row of the same backend (torch eager or
+    ONNX Runtime fp32), which a table marks; ``dense_latency_ratio`` is that ratio."""
+    dense = {}
+    for row in rows:
+        if row.get("dense"):
+            dense.setdefault(row.get("backend", "torch"), row)
+    for row in rows:
+        base = dense.get(row.get("backend", "torch"))
+        row["dense_latency_ratio"] = row["latency_ms"] / base["latency_ms"] if base else None
+        row["slower_than_dense"] = bool(base is not None and base is not row and row["latency_ms"] > base["latency_ms"])
 
 
 def _check_one_family(loaded: list[Loaded], key: str) -> None:

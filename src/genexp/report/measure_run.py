@@ -11,6 +11,7 @@ repeats) and the throughput it implies; GPU figures are added when a GPU is pres
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,18 @@ from omegaconf import DictConfig
 from genexp.build import instantiate
 from genexp.checks import int_at_least
 from genexp.deploy.costs import measure
-from genexp.deploy.latency import cpu_latency_ms, gpu_latency, on_device, throughput
+from genexp.deploy.latency import (
+    cpu_latency_ms,
+    cpu_name,
+    gpu_latency,
+    interleaved_latency,
+    on_device,
+    throughput,
+)
+from genexp.deploy.onnx_runtime import session_call
 from genexp.rebuild import Loaded
 from genexp.report.family import compression_of, family_of, model_class
+from genexp.report.onnx_target import backend_latency, onnx_size
 from genexp.run_folder import scalar_metrics
 
 DEFAULT_BATCH_SIZE = 16
@@ -40,6 +50,7 @@ class SpeedSettings:
     warmup: int = 3
     rounds: int = 4  # compare: alternating rounds over all runs
     gpu: bool = True
+    backends: bool = True  # one target: also the per-backend table (torch eager, ORT fp32, ORT int8)
 
     @classmethod
     def from_config(cls, node: DictConfig | dict[str, Any] | None) -> SpeedSettings:
@@ -53,6 +64,7 @@ class SpeedSettings:
             node.get("warmup", 3),
             node.get("rounds", 4),
             bool(node.get("gpu", True)),
+            bool(node.get("backends", True)),
         )
 
     def batch_for(self, loaded: Loaded) -> int:
@@ -79,6 +91,8 @@ def test_quality(
 
 def size_of(loaded: Loaded) -> dict[str, float]:
     """Parameters, non-zeros, sparsity, dense/sparse/shipped bytes of ``deployable()`` and the file's bytes."""
+    if loaded.kind == "onnx":
+        return onnx_size(loaded)
     numbers = measure(loaded.model.deployable().cpu(), None, repeats=0)
     # an artifact folder ships its .pt
     file = loaded.path / "deployable.pt" if loaded.path.is_dir() else loaded.path
@@ -92,11 +106,26 @@ def example_of(loaded: Loaded, batch_size: int) -> Any:
     return on_device(loaded.model.example_input(batch_size), "cpu")
 
 
+def latency_call(loaded: Loaded, batch_size: int) -> Callable[[], Any]:
+    """One call of what ships on the fixed latency batch: the ONNX Runtime session of an .onnx target
+    (numpy in and out), else ``deployable()`` in eval mode (as ``cpu_latency_ms`` times it)."""
+    example = example_of(loaded, batch_size)
+    if loaded.kind == "onnx":
+        name = loaded.session.get_inputs()[0].name
+        return session_call(loaded.session, {name: example.numpy()})
+    deployable = loaded.model.deployable().cpu().eval()
+    args = example if isinstance(example, tuple) else (example,)
+    return lambda: deployable(*args)
+
+
 def speed_of(loaded: Loaded, settings: SpeedSettings, latency_ms: float | None = None) -> dict[str, Any]:
     """CPU latency (measured here unless given) and throughput; GPU figures when a GPU is present."""
     batch = settings.batch_for(loaded)
     deployable = loaded.model.deployable().cpu()
     example = example_of(loaded, batch)
+    if latency_ms is None and loaded.kind == "onnx":
+        call = {"graph": latency_call(loaded, batch)}
+        latency_ms = interleaved_latency(call, settings.repeats, settings.warmup, 1)["graph"]["median_ms"]
     if latency_ms is None:
         latency_ms = cpu_latency_ms(deployable, example, repeats=settings.repeats, warmup=settings.warmup)
     out: dict[str, Any] = {
@@ -104,8 +133,9 @@ def speed_of(loaded: Loaded, settings: SpeedSettings, latency_ms: float | None =
         "latency_ms": latency_ms,
         "throughput_per_s": throughput(batch, latency_ms),
         "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
     }
-    if settings.gpu:
+    if settings.gpu and loaded.kind != "onnx":
         gpu = gpu_latency(deployable, example, repeats=settings.repeats, warmup=settings.warmup)
         if "gpu_latency_ms" in gpu:
             gpu["gpu_throughput_per_s"] = throughput(batch, gpu["gpu_latency_ms"])
@@ -120,6 +150,12 @@ def describe(loaded: Loaded) -> dict[str, Any]:
     if loaded.kind == "artifact" and compression["quantize"] is None:
         compression = {**compression, "quantize": "artifact", "baseline": False}
         compression["label"] = (compression["label"] + " + quantized artifact").removeprefix("dense + ")
+    dense = compression["baseline"]
+    if loaded.kind == "onnx":
+        label = f"onnxruntime {loaded.precision}"
+        compression = {**compression, "baseline": False, "label": f"{compression['label']} ({label})"}
+        if loaded.precision == "int8":
+            compression["quantize"] = label
     run_dir = loaded.run_dir
     return {
         "target": str(loaded.path),
@@ -133,6 +169,8 @@ def describe(loaded: Loaded) -> dict[str, Any]:
         "quantize": compression["quantize"] or "none",
         "distill": compression["distill"],
         "baseline": compression["baseline"],
+        "dense": dense and (loaded.kind != "onnx" or loaded.precision == "fp32"),
+        "backend": loaded.backend,
         "quality_metric": family.primary,
         "quality_label": family.label,
         **{f"checkpoint/{k}": v for k, v in loaded.info.items()},
@@ -168,5 +206,9 @@ def measure_target(
     """Everything the report says about one loaded target."""
     size = size_of(loaded)
     speed = speed_of(loaded, settings)
+    if settings.backends:
+        speed["latency_backends"] = backend_latency(
+            loaded, speed["batch_size"], settings.repeats, settings.rounds, settings.warmup
+        )
     metrics = test_quality(loaded, trainer_cfg, callbacks, loggers)
     return assemble(loaded, metrics, size, speed)

@@ -73,6 +73,16 @@ def _panel(ax: Any, xs: list[float], ys: list[float], rows: Sequence[dict[str, A
     ax.legend(fontsize=8, loc="best")
 
 
+def _backends(rows: Sequence[dict[str, Any]]) -> str:
+    """The latency axis names its backends: torch eager, ONNX Runtime (rows labelled ORT), or both."""
+    names = {r.get("backend", "torch") for r in rows}
+    if names == {"torch"}:
+        return "torch eager"
+    if names == {"onnxruntime"}:
+        return "ONNX Runtime"
+    return "torch eager; ORT rows: ONNX Runtime"
+
+
 def pareto_plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str) -> Path:
     """Write the two-panel PNG (quality vs size, quality vs CPU latency) to ``path``."""
     path = Path(path)
@@ -84,7 +94,7 @@ def pareto_plot(rows: Sequence[dict[str, Any]], path: str | Path, title: str) ->
         [float(r["latency_ms"]) for r in rows],
         ys,
         rows,
-        f"CPU latency, batch of {rows[0]['batch_size']} (ms, median)",
+        f"CPU latency, batch of {rows[0]['batch_size']} (ms, median; {_backends(rows)})",
     )
     fig.suptitle(title)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ def single_rows(row: dict[str, Any]) -> list[tuple[str, str]]:
         ("target", f"{row['target']} ({row['kind']})"),
         ("model", f"{row['model']} ({row['family']})"),
         ("compression", row["compression"] + (" (dense baseline)" if row["baseline"] else "")),
+        ("backend", row.get("backend", "torch")),
         (f"quality: {row['quality_metric']}", fmt(row["quality"])),
     ]
     rows += [
@@ -46,11 +47,22 @@ def single_rows(row: dict[str, Any]) -> list[tuple[str, str]]:
         ("bytes shipped (smallest format)", fmt(row["bytes"])),
         (f"bytes of {row['kind']} file", fmt(row["file_bytes"])),
         (
-            f"CPU latency, batch {row['batch_size']} (ms, median)",
-            f"{row['latency_ms']:.3f} ({row['threads']} threads)",
+            f"CPU latency, batch {row['batch_size']} (ms, median, {row.get('backend', 'torch')})",
+            f"{row['latency_ms']:.3f} ({row['threads']} threads, {row.get('cpu', '?')})",
         ),
         ("CPU throughput (samples/s)", fmt(row["throughput_per_s"])),
     ]
+    table = row.get("latency_backends") or {}
+    for item in table.get("rows", []):
+        rows.append(
+            (
+                f"latency {item['backend']}, batch {item['batch_size']} (ms)",
+                f"{item['median_ms']:.3f} (p10 {item['p10_ms']:.3f}, p90 {item['p90_ms']:.3f}) "
+                f"= {item['speedup_vs_torch']:.2f}x torch eager",
+            )
+        )
+    for backend, speed in (table.get("generation_tokens_per_s") or {}).items():
+        rows.append((f"generation {backend} (tokens/s, 256 new)", f"{speed:,.0f}"))
     if "gpu_latency_ms" in row:
         rows += [
             (
@@ -73,6 +85,7 @@ def compare_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, Any]]:
         ("#", lambda r: r["rank"]),
         ("run", lambda r: r["run"]),
         ("compression", lambda r: r["compression"] + (" **(baseline)**" if r["is_baseline"] else "")),
+        ("backend", lambda r: r.get("backend", "torch")),
     ]
     for metric in metrics:
         columns.append((metric, lambda r, m=metric: fmt(r["metrics"].get(m, float("nan")))))
@@ -85,11 +98,17 @@ def compare_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, Any]]:
         ("x base", lambda r: _ratio(r.get("bytes_ratio"))),
         (f"CPU ms (batch {rows[0]['batch_size']})", lambda r: f"{r['latency_ms']:.2f}"),
         ("x base", lambda r: _ratio(r.get("latency_ratio"))),
+        ("x dense, same backend", _slower),
         ("samples/s", lambda r: f"{r['throughput_per_s']:,.0f}"),
     ]
     if any("gpu_latency_ms" in r for r in rows):
         columns.append(("GPU ms", lambda r: f"{r['gpu_latency_ms']:.3f}" if "gpu_latency_ms" in r else "-"))
     return columns
+
+
+def _slower(row: dict[str, Any]) -> str:
+    ratio = _ratio(row.get("dense_latency_ratio"))
+    return f"{ratio} **slower**" if row.get("slower_than_dense") else ratio
 
 
 def _ratio(value: float | None) -> str:

@@ -57,6 +57,7 @@ from genexp.run_folder import record_compression
 log = logging.getLogger(__name__)
 
 MODES = ("qat", "ptq", "half")
+BACKENDS = ("torchao", "onnxruntime")
 CONV_SCHEMES = ("int8_weight_only", "none")
 CONV_NAMES = tuple(kind.__name__ for kind in CONV_TYPES)
 
@@ -75,6 +76,9 @@ class QuantizationCallback(Callback):
             every Linear/Conv/ConvTranspose except a weight tied to a non-target (a GPT head).
         latency_batch_size, latency_repeats: the batch and repeats of the CPU latency in compression.json.
         artifact: write the deployable artifact to ``<run>/quantized/``.
+        backend: ``torchao`` (the modes above) or ``onnxruntime``: at fit end, export the deployable to ONNX and
+            quantize it with ONNX Runtime (``<run>/export/model.int8.onnx`` and ``model.json``, through
+            ``genexp.deploy.onnx_package``) instead of writing the torch artifact; ``ptq`` only.
         key_prefix: the config path named in error messages.
 
     Raises:
@@ -93,11 +97,15 @@ class QuantizationCallback(Callback):
         latency_batch_size: int = 16,
         latency_repeats: int = 5,
         artifact: bool = True,
+        backend: str = "torchao",
         key_prefix: str = "compression.quantize",
     ) -> None:
         super().__init__()
         p = key_prefix
         one_of(f"{p}.mode", mode, MODES)
+        self.backend = one_of(f"{p}.backend", backend, BACKENDS)
+        if backend == "onnxruntime" and mode != "ptq":
+            raise ConfigError(f"{p}.mode", mode, "ptq with backend=onnxruntime (its int8 is post-training)")
         if scheme in UNSUPPORTED_SCHEMES:
             raise ConfigError(
                 f"{p}.scheme",
@@ -182,6 +190,9 @@ class QuantizationCallback(Callback):
         if not trainer.is_global_zero:
             return
         run_dir = Path(trainer.default_root_dir) if trainer.default_root_dir else None
+        if self.backend == "onnxruntime":
+            self.report = record_compression(trainer, self.export_onnx(trainer, pl_module, run_dir), section="quantize")
+            return
         float_net, quantized, report = self.convert(pl_module, trainer.current_epoch)
         example = example_input_of(pl_module, self.latency_batch_size)
         if self.artifact and run_dir is not None:
@@ -207,6 +218,27 @@ class QuantizationCallback(Callback):
             }
             | {f"compression/quantize/{key}": ("fidelity", key) for key in ("max_abs_error", "relative_rmse")},
         ), quantized
+
+    def export_onnx(self, trainer: L.Trainer, pl_module: L.LightningModule, run_dir: Path | None) -> dict[str, Any]:
+        """``backend=onnxruntime``: model.onnx and model.int8.onnx (checked against fp32) into ``<run>/export``."""
+        from genexp.deploy.onnx_export import export_folder
+        from genexp.deploy.onnx_package import write_package
+        from genexp.onnx_families import family_of
+
+        if run_dir is None:
+            return {"backend": "onnxruntime", "export": None}
+        folder = export_folder(run_dir / "export")
+        info = write_package(
+            family_of(pl_module, getattr(trainer, "datamodule", None)),  # type: ignore[arg-type]
+            folder,
+            quantize="int8",
+            batch_size=self.latency_batch_size,
+            source={"target": str(run_dir / "checkpoints" / "last.ckpt"), "relative": "../checkpoints/last.ckpt"},
+            timing={"repeats": self.latency_repeats},
+        )
+        log.info("ONNX Runtime int8 export: %s", folder)
+        graphs = {name: {k: g[k] for k in ("bytes", "precision", "params")} for name, g in info["graphs"].items()}
+        return {"backend": "onnxruntime", "mode": "ptq", "export": folder.name, "graphs": graphs, "latency": info.get("latency")}
 
     # ----- the conversion ------------------------------------------------------------------------
     def convert(self, pl_module: nn.Module, epoch: int = -1) -> tuple[nn.Module, nn.Module, dict[str, Any]]:

@@ -1,0 +1,198 @@
+"""How much faster the ONNX deployables are: torch fp32 eager vs ONNX Runtime fp32 and int8, dense vs 50% structured.
+
+Every variant of every run is timed interleaved in one process (alternating rounds), at batch 1 and at the
+family's batch (GPT 16x64, GAN/VAE 64); ratios are against the *dense run's torch fp32 eager* at the same
+batch. Quality: the family's test metric (GPT val loss, VAE -ELBO, GAN domain FID) of each variant on the same
+split; GPT generation tokens/s for 256 new tokens. The CPU, its int8/bf16 flags and the thread count are printed.
+
+    python benchmarks/deploy_speed.py --run outputs/train/runs/<dense> --run outputs/train/runs/<pruned>
+    python benchmarks/deploy_speed.py --train gpt --override data.path=../shared/data/tinyshakespeare/input.txt
+    python benchmarks/deploy_speed.py --train vae --train gan                 # digits: no download
+    python benchmarks/deploy_speed.py --train vae --quick                     # a smoke test (1 epoch, few batches)
+
+``--train FAMILY`` trains two runs with genexp-train: the family's recipe (``experiment=gpt_shakespeare_cpu``,
+``experiment=gan_digits``, the default VAE) and the same with ``compression=[prune]
+compression.prune.method=ln_structured final_sparsity=0.5`` on the cubic schedule (heads, MLP units and conv
+channels removed at fit end). Timings under load are worthless: run it on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+
+from _harness import genexp_train
+from genexp.deploy.latency import cpu_flags, cpu_name, interleaved_latency, tokens_per_s, torch_call
+from genexp.deploy.onnx_package import write_package
+from genexp.deploy.onnx_runtime import open_session, session_call
+from genexp.models.gpt import GPT
+from genexp.onnx_families import family_of as export_family
+from genexp.onnx_families import graphs_of, install_graphs
+from genexp.rebuild import find_checkpoint, load_any
+from genexp.report.family import family_of
+from genexp.report.measure_run import test_quality
+
+RECIPES = {
+    "gpt": ["experiment=gpt_shakespeare_cpu"],
+    "gan": ["experiment=gan_digits"],
+    "vae": [],
+}
+PRUNE = [
+    "compression=[prune]",
+    "compression.prune.method=ln_structured",
+    "compression.prune.final_sparsity=0.5",
+    "compression.prune.start_epoch=2",
+    "compression.prune.end_epoch=8",
+    "compression.prune.latency_repeats=0",
+]
+QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
+         "compression.prune.start_epoch=0", "compression.prune.end_epoch=0", "callbacks.sample_quality=null"]
+BATCH = {"gpt": 16, "gan": 64, "vae": 64}
+
+
+def train(family: str, overrides: list[str], quick: bool, root: Path) -> list[Path]:
+    """The dense and the 50% structured run of ``family`` (genexp-train in a subprocess)."""
+    runs = []
+    for name, extra in (("dense", []), ("structured50", PRUNE)):
+        run = root / f"{family}_{name}"
+        args = [*RECIPES[family], *overrides, *extra, f"hydra.run.dir={run}", "callbacks.progress_bar=null"]
+        if quick:
+            args += [q for q in QUICK if extra or "prune" not in q]
+            args = [a for a in args if not (a.startswith("callbacks.sample_quality") and family != "gan")]
+        genexp_train(args, env={"OMP_WAIT_POLICY": "PASSIVE"})
+        runs.append(run)
+    return runs
+
+
+def callbacks_for(family: str, data_dir: Path) -> list[Any]:
+    if family != "gan":
+        return []
+    from genexp.metrics.callback import SampleQuality
+
+    return [SampleQuality(cache_dir=str(data_dir), seed=12345)]
+
+
+def measure_run(run: Path, out: Path, quality: bool, data_dir: Path) -> dict[str, Any]:
+    """Export one run (fp32 + int8) and build its variants: label -> (main graph call maker, quality)."""
+    loaded = load_any(find_checkpoint(run, "--run"), key="--run")
+    family = family_of(loaded.config)
+    folder = out / run.name
+    write_package(
+        export_family(loaded.model, loaded.datamodule),
+        folder,
+        quantize="int8",
+        batch_size=BATCH[family.name],
+        timing={"repeats": 0},
+    )
+    trainer = {"_target_": "lightning.Trainer", "accelerator": "cpu", "logger": False, "enable_progress_bar": False,
+               "enable_model_summary": False}
+    variants: dict[str, Any] = {}
+    for variant, suffix in (("torch fp32 eager", None), ("onnxruntime fp32", ".onnx"), ("onnxruntime int8", ".int8.onnx")):
+        if suffix is None:
+            model = loaded.model
+        else:
+            sessions = {g.stem: open_session(folder / f"{g.stem}{suffix}") for g in graphs_of(loaded.model)}
+            model = install_graphs(copy.deepcopy(loaded.model), sessions)
+        metric = float("nan")
+        if quality:
+            metrics = test_quality(replace(loaded, model=model), OmegaConf.create(trainer), callbacks_for(family.name, data_dir), verbose=False)
+            metric = metrics.get(family.primary, float("nan"))
+        variants[variant] = {"suffix": suffix, "quality": metric}
+    params = sum(p.numel() for p in loaded.model.deployable().parameters())
+    return {"run": run, "loaded": loaded, "family": family, "folder": folder, "variants": variants, "params": params}
+
+
+def calls_for(item: dict[str, Any], batch: int) -> dict[str, Any]:
+    main = graphs_of(item["loaded"].model, batch)[0]
+    calls = {}
+    for variant, spec in item["variants"].items():
+        if spec["suffix"] is None:
+            calls[variant] = torch_call(main.module, main.example)
+        else:
+            session = open_session(item["folder"] / f"{main.stem}{spec['suffix']}")
+            calls[variant] = session_call(session, {main.inputs[0]: main.example[0].numpy()})
+    return calls
+
+
+def generation(item: dict[str, Any]) -> dict[str, float]:
+    model: GPT = item["loaded"].model
+    main = graphs_of(model, 1)[0]
+    prompt = model.encode(model.sample_prompt).cpu().numpy().reshape(1, -1)
+    out = {}
+    for variant, spec in item["variants"].items():
+        if spec["suffix"] is None:
+            def step(ids: Any, net: Any = main.module) -> Any:
+                with torch.inference_mode():
+                    return net(torch.from_numpy(ids))[:, -1].numpy()
+        else:
+            session = open_session(item["folder"] / f"model{spec['suffix']}")
+
+            def step(ids: Any, s: Any = session) -> Any:
+                return s.run(None, {"tokens": ids})[0][:, -1]
+        out[variant] = tokens_per_s(step, prompt, 256, model.block_size)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", action="append", default=[], help="an existing run folder (dense first)")
+    parser.add_argument("--train", action="append", default=[], choices=sorted(RECIPES), help="train dense + 50%% structured")
+    parser.add_argument("--override", action="append", default=[], help="genexp-train override for --train")
+    parser.add_argument("--quick", action="store_true", help="tiny training: checks that the script runs")
+    parser.add_argument("--repeats", type=int, default=140, help="timed calls per variant and batch (over all rounds)")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--no-quality", action="store_true", help="skip the quality of each variant")
+    parser.add_argument("--out", default=None, help="where trained runs and exports go (default: a temporary folder)")
+    args = parser.parse_args()
+    root = Path(args.out or tempfile.mkdtemp(prefix="deploy_speed-"))
+    runs = [Path(r) for r in args.run]
+    for family in args.train:
+        runs += train(family, args.override, args.quick, root / "runs")
+    if not runs:
+        parser.error("give --run DIR or --train FAMILY")
+    items = [measure_run(run, root / "exports", not args.no_quality, Path("data")) for run in runs]
+
+    calls, keys = {}, []
+    for i, item in enumerate(items):
+        for batch in sorted({1, BATCH[item["family"].name]}):
+            for variant, call in calls_for(item, batch).items():
+                calls[(i, variant, batch)] = call
+                keys.append((i, variant, batch))
+    timed = interleaved_latency(calls, args.repeats, 3, args.rounds)  # type: ignore[arg-type]
+
+    print(f"\nCPU: {cpu_name()} ({', '.join(cpu_flags())}), {torch.get_num_threads()} threads; "
+          f"median of {args.repeats} calls in {args.rounds} interleaved rounds; x = dense torch fp32 eager / this\n")
+    header = "| family | run | backend | params | quality | batch B, ms | x | batch 1, ms | x | tokens/s | x |"
+    print(header)
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    dense_of = {}
+    for i, item in enumerate(items):
+        dense_of.setdefault(item["family"].name, i)
+    for i, item in enumerate(items):
+        fam = item["family"].name
+        base = dense_of[fam]
+        speeds = generation(item) if fam == "gpt" else {}
+        base_speed = generation(items[base])["torch fp32 eager"] if fam == "gpt" and base != i else speeds.get("torch fp32 eager")
+        big = BATCH[fam]
+        for variant, spec in item["variants"].items():
+            cells = []
+            for batch in (big, 1):
+                ms = timed[(i, variant, batch)]["median_ms"]
+                ref = timed[(base, "torch fp32 eager", batch)]["median_ms"]
+                cells += [f"{ms:.3f}", f"{ref / ms:.2f}"]
+            tok = speeds.get(variant)
+            tok_cells = [f"{tok:,.0f}", f"{tok / base_speed:.2f}"] if tok else ["–", "–"]
+            print(f"| {fam} | {item['run'].name} | {variant} | {item['params']:,} | {spec['quality']:.5g} | "
+                  + " | ".join(cells + tok_cells) + " |")
+    print(f"\n(batch B: GPT {BATCH['gpt']} windows of the context length, GAN/VAE 64; exports in {root / 'exports'})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""An export folder: the fp32 graphs, their int8 versions, and ``model.json``, for one model family's graphs
+(a ``Family`` from ``genexp.onnx_families.family_of``).
+
+``write_package`` is what ``genexp-export`` and ``compression.quantize.backend=onnxruntime`` call. It never
+writes over another export: the folder must not exist yet (``onnx_export.export_folder`` picks a new name),
+and it is written under a temporary name and renamed when complete, so a failure leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime
+import torch
+
+from genexp.deploy.latency import cpu_flags, cpu_name, interleaved_latency, tokens_per_s, torch_call
+from genexp.deploy.onnx_export import FORMAT, Family, Graph, export_graph, initializer_counts, io_of
+from genexp.deploy.onnx_quantize import quantize_graph
+from genexp.deploy.onnx_runtime import open_session, session_call
+from genexp.errors import ConfigError, GenexpError
+
+QUANTIZE = ("none", "int8")
+JSON_FILE = "model.json"
+GENERATION_TOKENS = 256
+
+
+def check_quantize(value: Any, key: str = "quantize") -> str:
+    if value not in QUANTIZE:
+        reason = " (int4 has no ONNX Runtime CPU kernel for these graphs)" if str(value).startswith("int4") else ""
+        raise ConfigError(key, value, f"one of {list(QUANTIZE)}{reason}")
+    return str(value)
+
+
+def write_package(
+    family: Family,
+    folder: Path,
+    quantize: str = "int8",
+    opset: int = 17,
+    tolerance: float = 0.1,
+    calibration_batches: int = 8,
+    batch_size: int = 16,
+    source: dict[str, Any] | None = None,
+    quality: Callable[[Path, str], dict[str, float]] | None = None,
+    timing: dict[str, int] | None = None,
+) -> dict[str, Any]:
+    """Export ``family``'s graphs into ``folder`` (which must not exist), quantize, measure, write model.json.
+
+    Args:
+        quality: ``quality(folder, variant)`` -> metrics of the variant ``"fp32"`` / ``"int8"`` (and ``"torch"``);
+            None skips quality.
+        timing: ``repeats``, ``rounds``, ``warmup`` of the latency (``repeats=0`` skips latency).
+    Returns:
+        the contents of model.json.
+    """
+    if folder.exists():
+        raise GenexpError(f"export: {folder} already exists; an export never overwrites another")
+    tmp = folder.with_name(f".{folder.name}.partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        info = _write(family, tmp, quantize, opset, tolerance, calibration_batches, batch_size)
+        info["source"] = source or {}
+        if quality is not None:
+            info["quality"] = {variant: quality(tmp, variant) for variant in ("torch", *info["variants"])}
+        timing = timing or {}
+        if timing.get("repeats", 20):
+            info["latency"] = latency_table(family, tmp, batch_size, **timing)
+        (tmp / JSON_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return info
+
+
+def _write(
+    family: Family,
+    folder: Path,
+    quantize: str,
+    opset: int,
+    tolerance: float,
+    calibration_batches: int,
+    batch_size: int,
+) -> dict[str, Any]:
+    graphs = family.graphs(2)
+    files: dict[str, Any] = {}
+    batches = family.inputs(max(calibration_batches, 1), batch_size)
+    for graph in graphs:
+        path = export_graph(graph, folder / graph.file, opset)
+        files[graph.file] = {**io_of(path), **initializer_counts(path), "bytes": path.stat().st_size, "precision": "fp32"}
+        if quantize == "int8":
+            feeds = family.feeds(graph, batches, graphs)
+            recipe = quantize_graph(path, folder / graph.int8_file(), family.int8, feeds[0], feeds, tolerance)
+            int8 = folder / graph.int8_file()
+            files[int8.name] = {**io_of(int8), **initializer_counts(int8), "bytes": int8.stat().st_size, "precision": "int8", "quantization": recipe}
+    return {
+        "format": FORMAT,
+        "family": family.name,
+        "model": family.model,
+        "graphs": files,
+        "main": "model.onnx",
+        "variants": ["fp32", "int8"] if quantize == "int8" else ["fp32"],
+        "usage": family.usage,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+    }
+
+
+def latency_table(
+    family: Family,
+    folder: Path,
+    batch_size: int,
+    repeats: int = 20,
+    rounds: int = 4,
+    warmup: int = 3,
+) -> dict[str, Any]:
+    """Latency of torch eager fp32, ORT fp32 and ORT int8 (where written), at batch 1 and ``batch_size``,
+    interleaved in one process; GPT generation tokens/s for 256 new tokens."""
+    main = family.graphs(1)[0]
+    sessions = {"onnxruntime fp32": open_session(folder / main.file)}
+    if (folder / main.int8_file()).is_file():
+        sessions["onnxruntime int8"] = open_session(folder / main.int8_file())
+    rows: list[dict[str, Any]] = []
+    for batch in sorted({1, batch_size}):
+        example = family.graphs(batch)[0].example
+        calls = {"torch fp32 eager": torch_call(main.module, example)}
+        calls.update({name: session_call(s, {main.inputs[0]: example[0].numpy()}) for name, s in sessions.items()})
+        for name, numbers in interleaved_latency(calls, repeats, warmup, rounds).items():
+            rows.append({"backend": name, "batch_size": batch, **numbers})
+    for row in rows:
+        base = next(r for r in rows if r["backend"] == "torch fp32 eager" and r["batch_size"] == row["batch_size"])
+        row["speedup_vs_torch"] = base["median_ms"] / row["median_ms"]
+    out: dict[str, Any] = {
+        "rows": rows,
+        "threads": torch.get_num_threads(),
+        "cpu": cpu_name(),
+        "cpu_flags": cpu_flags(),
+        "repeats": repeats,
+        "rounds": rounds,
+    }
+    if family.text is not None:
+        out["generation_tokens_per_s"] = generation_speed(family.text, main, sessions)
+    return out
+
+
+def generation_speed(
+    text: tuple[np.ndarray, int], main: Graph, sessions: dict[str, Any], new_tokens: int = GENERATION_TOKENS
+) -> dict[str, float]:
+    """Greedy tokens/s for ``new_tokens`` new tokens from a prompt ``(ids, block_size)``, per backend (no KV
+    cache on either)."""
+    prompt, block_size = text
+    net = main.module
+
+    def torch_next(ids: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.from_numpy(ids))[:, -1].numpy()
+
+    speeds = {"torch fp32 eager": tokens_per_s(torch_next, prompt, new_tokens, block_size)}
+    for name, session in sessions.items():
+        speeds[name] = tokens_per_s(
+            lambda ids, s=session: s.run(None, {"tokens": ids})[0][:, -1], prompt, new_tokens, block_size
+        )
+    return speeds

@@ -1,0 +1,135 @@
+"""genexp-export: a run's deployable as ONNX graphs that run with onnxruntime and numpy alone.
+
+    genexp-export target=outputs/train/runs/<time> quantize=int8      # a run folder, a .ckpt or a torch artifact
+
+Compose -> rebuild the run (``genexp.rebuild.load_any``; a run folder exports its ``checkpoints/last.ckpt``)
+-> export model.onnx (+ model.int8.onnx) -> measure quality and latency -> model.json, into ``<run>/export/``
+(``export-2/``... when that exists). Bad input stops before anything is written, with one line naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+from rich.table import Table
+
+from genexp.build import build_callbacks
+from genexp.deploy.onnx_export import check_opset, export_folder
+from genexp.deploy.onnx_package import check_quantize, write_package
+from genexp.deploy.onnx_runtime import open_session
+from genexp.errors import ConfigError, report_errors
+from genexp.onnx_families import family_of, graphs_of, install_graphs
+from genexp.rebuild import Loaded, find_checkpoint, is_run_folder, load_any
+from genexp.report.measure_run import test_quality
+from genexp.report.onnx_target import is_onnx
+from genexp.train import CONFIG_DIR
+from genexp.validation import check_trainer
+
+log = logging.getLogger(__name__)
+
+
+@report_errors
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export ``cfg.target``; returns model.json's contents."""
+    check_trainer(cfg)
+    quantize = check_quantize(cfg.get("quantize"))
+    opset = check_opset(cfg.get("opset"))
+    tolerance = cfg.get("tolerance")
+    if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not tolerance > 0:
+        raise ConfigError("tolerance", tolerance, "a number > 0 (relative RMS error)")
+    for key in ("calibration_batches", "batch_size"):
+        value = cfg.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(key, value, "a positive integer")
+    target = cfg.get("target")
+    if not target:
+        raise ConfigError("target", target, "a run folder, a .ckpt or a torch artifact (<run>/quantized)")
+    path = Path(str(target))
+    if is_onnx(path):
+        raise ConfigError("target", str(path), "a run folder, a .ckpt or a torch artifact, not an ONNX graph")
+    source = find_checkpoint(path, "target") if path.is_dir() and is_run_folder(path) else path
+    data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+    loaded = load_any(source, key="target", data=data)  # type: ignore[arg-type]
+    family = family_of(loaded.model, loaded.datamodule)  # an unknown family fails before anything is written
+    base = Path(cfg.out) if cfg.get("out") else (loaded.run_dir or source.parent) / "export"
+    folder = export_folder(base)
+    L.seed_everything(cfg.seed, workers=True)
+
+    def quality(where: Path, variant: str) -> dict[str, float]:
+        measured = loaded if variant == "torch" else dataclasses.replace(loaded, model=_through(loaded, where, variant))
+        return test_quality(measured, cfg.trainer, build_callbacks(cfg), verbose=False)
+
+    origin = {
+        "target": str(source.resolve()),
+        "relative": os.path.relpath(source.resolve(), folder.resolve()),
+        "kind": loaded.kind,
+        **loaded.info,
+    }
+    info = write_package(
+        family,
+        folder,
+        quantize=quantize,
+        opset=opset,
+        tolerance=float(tolerance),
+        calibration_batches=cfg.calibration_batches,
+        batch_size=cfg.batch_size,
+        source=origin,
+        quality=quality if cfg.get("measure") else None,
+        timing=dict(cfg.report) if cfg.get("measure") else {"repeats": 0},
+    )
+    print_export(folder, info)
+    return info
+
+
+def _through(loaded: Loaded, folder: Path, variant: str) -> Any:
+    """A copy of the loaded model computing through the ``variant`` graphs of ``folder``."""
+    import copy
+
+    suffix = ".int8.onnx" if variant == "int8" else ".onnx"
+    sessions = {g.stem: open_session(folder / f"{g.stem}{suffix}") for g in graphs_of(loaded.model)}
+    return install_graphs(copy.deepcopy(loaded.model), sessions)
+
+
+def print_export(folder: Path, info: dict[str, Any], console: Console | None = None) -> None:
+    """The export as a table: each graph's size, quality and latency per backend."""
+    table = Table(title=f"genexp-export {folder}")
+    for header in ("file", "KiB", "precision"):
+        table.add_column(header)
+    for name, graph in info["graphs"].items():
+        table.add_row(name, f"{graph['bytes'] / 1024:.1f}", graph["precision"])
+    out = console or Console(width=160)
+    out.print(table)
+    latency = info.get("latency")
+    if latency:
+        timing = Table(title=f"latency ({latency['threads']} threads, {latency['cpu']}), ms median [p10-p90]")
+        for header in ("backend", "batch", "ms", "x torch eager"):
+            timing.add_column(header)
+        for row in latency["rows"]:
+            timing.add_row(
+                row["backend"],
+                str(row["batch_size"]),
+                f"{row['median_ms']:.3f} [{row['p10_ms']:.3f}-{row['p90_ms']:.3f}]",
+                f"{row['speedup_vs_torch']:.2f}",
+            )
+        out.print(timing)
+    for variant, metrics in (info.get("quality") or {}).items():
+        shown = {k: round(v, 5) for k, v in metrics.items() if k.startswith("test/") and "class_share" not in k}
+        out.print(f"quality {variant}: {shown}")
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="export")
+def main(cfg: DictConfig) -> None:
+    """Console entry point: ``genexp-export target=<run | .ckpt | artifact> [quantize=int8] [opset=17]``."""
+    export(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,247 @@
+"""genexp-export: each family's graphs match torch, int8 graphs are checked, the README snippets run without torch
+or genexp, genexp-eval measures a .onnx like a checkpoint, compare mixes torch and ONNX rows, bad input is refused."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from conftest import CONF, FAST, REPO, run_cli
+from genexp.rebuild import load_any
+
+PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
+TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\nO Romeo, Romeo, wherefore art thou?\n") * 40
+RUNS = {
+    "vae": ["model.latent_dim=4", "model.hidden_channels=8"],
+    "gan": ["model=gan", "model.g_channels=8", "model.d_channels=8", "model.ema_decay=0.9"],
+    "gpt": ["model=gpt", "data=text", "model.n_layer=1", "model.n_embd=32", "model.n_head=4", "data.block_size=16",
+            "data.batches_per_epoch=3", "data.val_batches=2"],
+}
+EXPORT_FAST = ["callbacks.sample_quality=null", "report.repeats=4", "report.rounds=2", "report.warmup=1",
+               "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false", "calibration_batches=2"]
+
+
+def compose_cfg(config_name: str, overrides: list[str], out: Path) -> DictConfig:
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides)
+    GlobalHydra.instance().clear()
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(out)
+        cfg.paths.data_dir = str(out.parent / "data")
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """One tiny trained run per family (in-process), each exported once with quantize=int8."""
+    from genexp.export import export
+    from genexp.train import train
+
+    root = tmp_path_factory.mktemp("onnx")
+    (root / "text.txt").write_text(TEXT, encoding="utf-8")
+    out = {}
+    for name, extra in RUNS.items():
+        overrides = [*FAST, "model.sample_every_n_epochs=0", "logger=csv", "test=false", *extra]
+        if name == "gpt":
+            overrides.append(f"data.path={root / 'text.txt'}")
+        run = root / name
+        cfg = compose_cfg("train", overrides, run)
+        (run / ".hydra").mkdir(parents=True)
+        OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # what genexp-train's Hydra writes
+        train(cfg)
+        measure = "measure=true" if name == "gpt" else "measure=false"
+        export(compose_cfg("export", [f"target={run}", "quantize=int8", measure, *EXPORT_FAST], root / f"x_{name}"))
+        out[name] = run
+    return out
+
+
+@pytest.mark.parametrize("family", ["vae", "gan", "gpt"])
+def test_each_family_exports_graphs_that_match_torch(runs: dict[str, Path], family: str) -> None:
+    folder = runs[family] / "export"
+    info = json.loads((folder / "model.json").read_text())
+    assert info["family"] == family and info["variants"] == ["fp32", "int8"]
+    loaded = load_any(runs[family] / "checkpoints" / "last.ckpt")
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    main = info["graphs"]["model.onnx"]
+    assert main["inputs"][0]["shape"][0] == "batch"  # a dynamic batch axis
+    x = loaded.model.example_input(5)  # not the batch it was exported with
+    if family == "gpt":
+        assert main["inputs"][0]["shape"][1] == "sequence"
+        x = x[:, :7]  # nor the sequence length
+        assert info["usage"]["vocab"] == loaded.model.vocab and info["usage"]["block_size"] == 16
+    with torch.no_grad():
+        expected = loaded.model.deployable().eval()(x)
+    got = session.run(None, {main["inputs"][0]["name"]: x.numpy()})[0]
+    assert np.abs(got - expected.numpy()).max() < 1e-4
+    int8 = info["graphs"]["model.int8.onnx"]
+    assert int8["quantization"]["check"]["relative_error"] <= 0.1
+    import onnx
+
+    ops = {node.op_type for node in onnx.load(str(folder / "model.int8.onnx")).graph.node}
+    assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "QuantizeLinear"}, ops  # real int8 ops
+    assert int8["quantization"]["method"] == ("dynamic" if family == "gpt" else "static QDQ")
+    if family == "vae":  # the decoder samples
+        assert set(info["graphs"]) == {"model.onnx", "model.int8.onnx", "decoder.onnx", "decoder.int8.onnx"}
+        assert info["usage"]["latent_dim"] == 4 and info["usage"]["sample_graph"] == "decoder.onnx"
+
+
+def test_export_records_quality_and_latency_per_backend(runs: dict[str, Path]) -> None:
+    info = json.loads((runs["gpt"] / "export" / "model.json").read_text())
+    quality = info["quality"]
+    assert quality["fp32"]["test/loss"] == pytest.approx(quality["torch"]["test/loss"], rel=1e-5)
+    assert quality["int8"]["test/loss"] == pytest.approx(quality["torch"]["test/loss"], rel=0.02)
+    latency = info["latency"]
+    cells = {(r["backend"], r["batch_size"]) for r in latency["rows"]}
+    backends = ("torch fp32 eager", "onnxruntime fp32", "onnxruntime int8")
+    assert cells == {(b, n) for b in backends for n in (1, 16)}
+    assert latency["threads"] >= 1 and latency["cpu"]
+    assert set(latency["generation_tokens_per_s"]) == set(backends)
+
+
+def test_a_second_export_never_overwrites_the_first(runs: dict[str, Path], tmp_path: Path) -> None:
+    from genexp.export import export
+
+    first = (runs["gan"] / "export" / "model.json").read_bytes()
+    export(compose_cfg("export", [f"target={runs['gan']}", "measure=false", *EXPORT_FAST], tmp_path / "x"))
+    assert (runs["gan"] / "export" / "model.json").read_bytes() == first
+    second = json.loads((runs["gan"] / "export-2" / "model.json").read_text())
+    assert second["variants"] == ["fp32"]
+
+
+def _snippet(marker: str) -> str:
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    match = re.search(rf"<!-- standalone: {marker} -->\n```python\n(.*?)```", readme, re.S)
+    assert match, f"README has no standalone {marker} snippet"
+    return match.group(1)
+
+
+@pytest.mark.parametrize("marker,family", [("text", "gpt"), ("images", "gan")])
+def test_readme_snippets_run_with_onnxruntime_and_numpy_alone(
+    runs: dict[str, Path], tmp_path: Path, marker: str, family: str
+) -> None:
+    code = _snippet(marker).replace('"outputs/train/runs/<stamp>/export"', repr(str(runs[family] / "export")))
+    code += (
+        "\nimport sys\nleaked = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'genexp'))\n"
+        "assert not leaked, leaked\nprint('STANDALONE OK')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={"PATH": "/usr/bin:/bin", "OMP_WAIT_POLICY": "PASSIVE", "HOME": str(tmp_path)},
+    )
+    assert result.returncode == 0 and "STANDALONE OK" in result.stdout, result.stderr[-2000:]
+    if marker == "text":
+        assert result.stdout.startswith("ROMEO:") and len(result.stdout.split("STANDALONE")[0]) > 150
+    else:
+        png = (tmp_path / "samples.png").read_bytes()
+        assert png.startswith(b"\x89PNG") and len(png) > 100
+
+
+def test_eval_measures_an_onnx_graph_like_a_checkpoint(runs: dict[str, Path], tmp_path: Path) -> None:
+    graph = runs["gpt"] / "export" / "model.int8.onnx"
+    args = ["callbacks.sample_quality=null", "report.repeats=4", "report.rounds=2", "trainer.limit_test_batches=2",
+            "trainer.enable_progress_bar=false"]
+    result = run_cli([f"target={graph}", *args, "hydra.run.dir=eval"], tmp_path, "genexp.evaluate", env=PASSIVE)
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = json.loads((tmp_path / "eval" / "report.json").read_text())
+    for key in ("quality", "latency_ms", "throughput_per_s", "bytes", "params", "nonzero", "batch_size", "threads"):
+        assert key in row, key
+    assert row["kind"] == "onnx" and row["backend"] == "onnxruntime" and row["quantize"] == "onnxruntime int8"
+    assert row["bytes"] == graph.stat().st_size
+    info = json.loads((graph.parent / "model.json").read_text())
+    assert row["quality"] == pytest.approx(info["quality"]["int8"]["test/loss"], rel=1e-6)  # same split, same graph
+    assert {r["backend"] for r in row["latency_backends"]["rows"]} >= {"torch fp32 eager", "onnxruntime int8"}
+
+
+def test_compare_mixes_torch_and_onnx_rows(runs: dict[str, Path], tmp_path: Path) -> None:
+    from genexp.report.compare import compare_runs
+    from genexp.report.measure_run import SpeedSettings
+
+    cfg = compose_cfg("eval", ["trainer.limit_test_batches=2", "trainer.enable_progress_bar=false",
+                               "trainer.accelerator=cpu"], tmp_path / "c")
+    export = runs["gpt"] / "export"
+    summary = compare_runs(
+        [runs["gpt"], export / "model.onnx", export / "model.int8.onnx"], tmp_path / "c", cfg.trainer, list,
+        SpeedSettings(repeats=4, rounds=2, warmup=1),
+    )
+    rows = {r["short"]: r for r in summary["runs"]}
+    assert set(rows) == {"dense", "ORT dense", "ORT int8"} and summary["skipped"] == []
+    assert rows["dense"]["is_baseline"] and rows["dense"]["backend"] == "torch"
+    assert rows["ORT int8"]["backend"] == "onnxruntime"
+    assert rows["ORT int8"]["slower_than_dense"] == (rows["ORT int8"]["latency_ms"] > rows["ORT dense"]["latency_ms"])
+    table = (tmp_path / "c" / "report.md").read_text()
+    assert "onnxruntime" in table and "x dense, same backend" in table
+
+
+# ----- bad input: one line naming the key or file, exit 2, the run folder unchanged ---------------------------
+def _snapshot(folder: Path) -> dict[str, float]:
+    return {str(p): p.stat().st_mtime for p in folder.rglob("*")}
+
+
+def test_bad_onnx_files_are_refused_by_eval(runs: dict[str, Path], tmp_path: Path) -> None:
+    corrupt = tmp_path / "corrupt.onnx"
+    corrupt.write_bytes(b"not a graph at all")
+    foreign = tmp_path / "foreign.onnx"
+    foreign.write_bytes((runs["gan"] / "export" / "model.onnx").read_bytes())  # a valid graph, no model.json
+    for path, words in ((corrupt, "not an ONNX graph"), (foreign, "no model.json beside it")):
+        result = run_cli([f"target={path}", "hydra.run.dir=e"], tmp_path, "genexp.evaluate", env=PASSIVE)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == 2 and lines[-1].startswith(f"genexp: error: target={path}"), result.stderr
+        assert words in lines[-1]
+
+
+@pytest.mark.parametrize(
+    "overrides,words",
+    [
+        (["quantize=int4"], "quantize='int4': expected one of ['none', 'int8']"),
+        (["opset=40"], "opset=40: expected an ONNX opset in [14, 20]"),
+    ],
+)
+def test_bad_export_settings_change_nothing(runs: dict[str, Path], tmp_path: Path, capsys, overrides, words) -> None:
+    from genexp.export import export
+
+    before = _snapshot(runs["vae"])
+    with pytest.raises(SystemExit) as exit_info:
+        export(compose_cfg("export", [f"target={runs['vae']}", *overrides], tmp_path / "x"))
+    assert exit_info.value.code == 2 and words in capsys.readouterr().err
+    assert _snapshot(runs["vae"]) == before
+
+
+def test_a_run_folder_without_checkpoints_is_refused(runs: dict[str, Path], tmp_path: Path, capsys) -> None:
+    from genexp.export import export
+
+    broken = tmp_path / "broken"
+    (broken / ".hydra").mkdir(parents=True)
+    (broken / ".hydra" / "config.yaml").write_text((runs["vae"] / ".hydra" / "config.yaml").read_text())
+    before = _snapshot(broken)
+    with pytest.raises(SystemExit):
+        export(compose_cfg("export", [f"target={broken}"], tmp_path / "x"))
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith(f"genexp: error: target={broken}: no checkpoint in") and _snapshot(broken) == before
+
+
+def test_quantize_backend_onnxruntime_exports_the_int8_graph_at_fit_end(tmp_path: Path) -> None:
+    from genexp.train import train
+
+    run = tmp_path / "run"
+    overrides = [*FAST, *RUNS["vae"], "model.sample_every_n_epochs=0", "logger=csv", "test=false",
+                 "compression=[quantize]", "compression.quantize.backend=onnxruntime",
+                 "compression.quantize.latency_repeats=2"]
+    train(compose_cfg("train", overrides, run))
+    report = json.loads((run / "compression.json").read_text())["quantize"]
+    assert report["backend"] == "onnxruntime" and report["export"] == "export"
+    assert (run / "export" / "model.int8.onnx").is_file() and not (run / "quantized").exists()
+    info = json.loads((run / "export" / "model.json").read_text())
+    assert info["graphs"]["model.int8.onnx"]["quantization"]["method"] == "static QDQ"
+    assert {r["backend"] for r in info["latency"]["rows"]} == {"torch fp32 eager", "onnxruntime fp32", "onnxruntime int8"}
