@@ -204,6 +204,8 @@ class DistillationCallback(Callback):
         self.teacher = trainer.precision_plugin.convert_module(teacher).eval()
         self.teacher.requires_grad_(False)
         pl_module.distiller = self  # type: ignore[assignment]
+        if self._restored_teacher is None and pl_module.start_distillation(self.teacher):
+            log.info("The student starts from the teacher's weights")
         if self._restored_teacher is not None and self._restored_teacher != str(self.teacher_path):
             rank_zero_warn(
                 f"{self.key_prefix}.teacher={self.teacher_path}: the checkpoint being resumed was "
