@@ -11,6 +11,8 @@ seconds; on a busy machine CPU seconds / cores estimates the idle wall time). Th
 prints domain FID against the test split (floor: real train images; ceiling: uniform noise), classes
 covered and sampling images/s (batch ``--batch``, the best of 3 timings, interleaved so that load drifts
 over all rows alike), with ratios against the teacher at its full steps, and the Done-when checks.
+``--grid out.png`` writes three sample grids from the same noise: the teacher at its full steps, the
+teacher at the student's steps (no distillation), the student.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from genexp.checkpoints import load_checkpoint  # noqa: E402
 from genexp.metrics.features import DomainFeatures, load_or_train_classifier  # noqa: E402
 from genexp.metrics.scores import QualityScorer  # noqa: E402
 from genexp.models.base import CONFIG_KEY  # noqa: E402
+from genexp.visual import image_grid, save_png  # noqa: E402
 
 TIME_BUDGET_S, FID_BUDGET, MIN_CLASSES = 8 * 60, 0.05, 9  # experiment=diffusion_digits, on 2 cores
 FID_FACTOR, SPEEDUP = 1.5, 3.5  # the 1/4-step student vs the teacher at its full steps
@@ -76,6 +79,15 @@ def load_model(target: Path):
     return model.eval(), datamodule, cfg
 
 
+def save_grid(path: Path, teacher, student, n: int = 36) -> None:
+    """Teacher at its full steps | teacher at the student's steps | student: the same starting noise."""
+    s = student.sample_steps
+    panels = [teacher.sample(n, seed=1), teacher.sample(n, steps=s, seed=1), student.sample(n, seed=1)]
+    grids = [image_grid(p, nrow=6) for p in panels]
+    gap = torch.ones(grids[0].shape[0], grids[0].shape[1], 8)
+    save_png(torch.cat([grids[0], gap, grids[1], gap, grids[2]], dim=2), path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--teacher", type=Path, help="a finished experiment=diffusion_digits run (or .ckpt)")
@@ -84,6 +96,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="images per sampling call when timing")
     parser.add_argument("--max-steps", type=int, default=64, help="the largest step count in the table")
     parser.add_argument("--scratch", type=Path, default=None, help="where runs train (default: a temp dir)")
+    parser.add_argument("--grid", type=Path, default=None, help="write a side-by-side sample grid PNG here")
     parser.add_argument("overrides", nargs="*", help="extra genexp-train overrides for both runs")
     args = parser.parse_args()
 
@@ -136,6 +149,10 @@ def main() -> None:
             f"{name:8s} {s:5d} {score['fid']:7.2f} {score['fid'] / ceiling:8.2%} {score['classes_covered']:7.0f} "
             f"{ips:9.1f} {score['fid'] / base_fid:6.2f} {ips / base_speed:7.2f}{mark}"
         )
+
+    if args.grid:
+        save_grid(args.grid, teacher, student)
+        print(f"sample grids: {args.grid}")
 
     print("\nDone-when checks")
     teacher_fid = scores[("teacher", full)]
