@@ -165,10 +165,22 @@ def test_distillation_runs_in_the_fit_from_the_teachers_weights(
     original = Diffusion.start_distillation
     monkeypatch.setattr(Diffusion, "start_distillation", lambda m, t: starts.append(original(m, t)) or starts[-1])
     distill = ["compression=[distill]", f"compression.distill.teacher={teacher}", "compression.distill.alpha=0.9"]
-    train(compose_at(tmp_path / "student", [*QUIET, "test=false", "model.sample_steps=2", *distill]))
+    student = [*QUIET, "test=false", "model.sample_steps=2", *distill]
+    train(compose_at(tmp_path / "student", student))
     assert starts == [True] and len(spy.calls) == 3 and all(kd > 0 for _, _, kd in spy.calls)
     (used,) = {t for _, t, _ in spy.calls}
     assert used.sample_steps == 4 and not any(p.requires_grad for p in used.parameters())
+    last = tmp_path / "student" / "checkpoints" / "last.ckpt"
+    train(compose_at(tmp_path / "resumed", [*student, "trainer.max_epochs=2", f"ckpt_path={last}"]))
+    assert starts == [True] and len(spy.calls) == 6  # a resumed student keeps its own weights
+
+
+def test_the_report_knows_the_family() -> None:
+    from genexp.report.family import family_of
+
+    family = family_of({"model": {"_target_": "genexp.models.diffusion.Diffusion"}})
+    assert family.name == "diffusion" and family.primary == "test/fid"
+    assert "test/images_per_s" in family.metrics
 
 
 def test_prune_and_quantize_the_denoiser(tmp_path: Path) -> None:
