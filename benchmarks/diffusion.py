@@ -32,11 +32,10 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 
-from genexp.build import build_datamodule, build_model  # noqa: E402
-from genexp.checkpoints import load_checkpoint  # noqa: E402
+from genexp.build import build_datamodule  # noqa: E402
+from genexp.compression.distill import load_teacher  # noqa: E402
 from genexp.metrics.features import DomainFeatures, load_or_train_classifier  # noqa: E402
 from genexp.metrics.scores import QualityScorer  # noqa: E402
-from genexp.models.base import CONFIG_KEY  # noqa: E402
 from genexp.visual import image_grid, save_png  # noqa: E402
 
 TIME_BUDGET_S, FID_BUDGET, MIN_CLASSES = 8 * 60, 0.05, 9  # experiment=diffusion_digits, on 2 cores
@@ -70,13 +69,12 @@ def best_checkpoint(target: Path) -> Path:
 
 
 def load_model(target: Path):
-    checkpoint = load_checkpoint(best_checkpoint(target))
-    cfg = OmegaConf.create(checkpoint[CONFIG_KEY])
+    """The frozen model of a run's best checkpoint, its (set up) data module and its config."""
+    model = load_teacher(best_checkpoint(target), key="checkpoint")
+    cfg = OmegaConf.create(model.genexp_config)
     datamodule = build_datamodule(cfg)
     datamodule.setup()
-    model = build_model(cfg, datamodule)
-    model.load_state_dict(checkpoint["state_dict"])
-    return model.eval(), datamodule, cfg
+    return model, datamodule, cfg
 
 
 def save_grid(path: Path, teacher, student, n: int = 36) -> None:

@@ -165,7 +165,7 @@ def test_distillation_runs_in_the_fit_from_the_teachers_weights(
     original = Diffusion.start_distillation
     monkeypatch.setattr(Diffusion, "start_distillation", lambda m, t: starts.append(original(m, t)) or starts[-1])
     distill = ["compression=[distill]", f"compression.distill.teacher={teacher}", "compression.distill.alpha=0.9"]
-    student = [*QUIET, "test=false", "model.sample_steps=2", *distill]
+    student = ["experiment=diffusion_digits_distill", *QUIET, "test=false", "model.sample_steps=2", *distill]
     train(compose_at(tmp_path / "student", student))
     assert starts == [True] and len(spy.calls) == 3 and all(kd > 0 for _, _, kd in spy.calls)
     (used,) = {t for _, t, _ in spy.calls}
