@@ -9,8 +9,8 @@ and ``genexp-train experiment=diffusion_digits_distill compression.distill.teach
 seconds; on a busy machine CPU seconds / cores estimates the idle wall time). Then, for both models and for
 4, 8, 16, 32, ... DDIM steps, draws ``--num-samples`` samples (the same starting noise for every row) and
 prints domain FID against the test split (floor: real train images; ceiling: uniform noise), classes
-covered and sampling images/s (batch ``--batch``, the best of 3 timings, interleaved so that load drifts
-over all rows alike), with ratios against the teacher at its full steps, and the Done-when checks.
+covered and sampling images/s (batch ``--batch``, the best of ``--rounds`` timings, interleaved so that load
+drifts over all rows alike), with ratios against the teacher at its full steps, and the Done-when checks.
 ``--grid out.png`` writes three sample grids from the same noise: the teacher at its full steps, the
 teacher at the student's steps (no distillation), the student.
 """
@@ -94,6 +94,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=64, help="images per sampling call when timing")
     parser.add_argument("--max-steps", type=int, default=64, help="the largest step count in the table")
     parser.add_argument("--scratch", type=Path, default=None, help="where runs train (default: a temp dir)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved timing rounds (the best counts)")
     parser.add_argument("--grid", type=Path, default=None, help="write a side-by-side sample grid PNG here")
     parser.add_argument("overrides", nargs="*", help="extra genexp-train overrides for both runs")
     args = parser.parse_args()
@@ -128,7 +129,7 @@ def main() -> None:
     rows = [("teacher", teacher, s) for s in steps] + [("student", student, s) for s in steps if s <= full]
     scores = {(name, s): scorer.score(model.sample(n, steps=s, seed=0)) for name, model, s in rows}
     speed = {key: 0.0 for key in scores}
-    for _ in range(3):  # interleaved rounds: the best of 3 per row
+    for _ in range(args.rounds):  # interleaved rounds: the best per row
         for name, model, s in rows:
             speed[(name, s)] = max(speed[(name, s)], model.images_per_second(args.batch, s, repeats=1))
 
