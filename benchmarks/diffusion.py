@@ -87,7 +87,9 @@ def save_grid(path: Path, teacher, student, n: int = 36) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--teacher", type=Path, help="a finished experiment=diffusion_digits run (or .ckpt)")
     parser.add_argument("--student", type=Path, help="a finished experiment=diffusion_digits_distill run")
     parser.add_argument("--num-samples", type=int, default=1000)
@@ -103,11 +105,16 @@ def main() -> None:
     timing: dict[str, tuple[float, float]] = {}
     teacher_run = args.teacher
     if teacher_run is None:
-        teacher_run, *timing["teacher"] = train_run("teacher", scratch, ["experiment=diffusion_digits", *args.overrides])
+        teacher_run, *timing["teacher"] = train_run(
+            "teacher", scratch, ["experiment=diffusion_digits", *args.overrides]
+        )
         print(f"trained the teacher: {teacher_run} ({timing['teacher'][0]:.0f} s wall)")
     student_run = args.student
     if student_run is None:
-        distill = ["experiment=diffusion_digits_distill", f"compression.distill.teacher={best_checkpoint(teacher_run)}"]
+        distill = [
+            "experiment=diffusion_digits_distill",
+            f"compression.distill.teacher={best_checkpoint(teacher_run)}",
+        ]
         student_run, *timing["student"] = train_run("student", scratch, [*distill, *args.overrides])
         print(f"trained the student: {student_run} ({timing['student'][0]:.0f} s wall)")
 
@@ -140,10 +147,16 @@ def main() -> None:
     )
     print(f"teacher: {best_checkpoint(teacher_run)} (sample_steps {full})")
     print(f"student: {best_checkpoint(student_run)} (sample_steps {student.sample_steps})")
-    print(f"{'model':8s} {'steps':>5s} {'FID':>7s} {'/ceiling':>8s} {'classes':>7s} {'images/s':>9s} {'FID ×':>6s} {'speed ×':>7s}")
+    print(
+        f"{'model':8s} {'steps':>5s} {'FID':>7s} {'/ceiling':>8s} {'classes':>7s} {'images/s':>9s} {'FID ×':>6s} {'speed ×':>7s}"
+    )
     for name, _, s in rows:
         score, ips = scores[(name, s)], speed[(name, s)]
-        mark = " <- full" if (name, s) == ("teacher", full) else (" <- trained" if name == "student" and s == student.sample_steps else "")
+        mark = (
+            " <- full"
+            if (name, s) == ("teacher", full)
+            else (" <- trained" if name == "student" and s == student.sample_steps else "")
+        )
         print(
             f"{name:8s} {s:5d} {score['fid']:7.2f} {score['fid'] / ceiling:8.2%} {score['classes_covered']:7.0f} "
             f"{ips:9.1f} {score['fid'] / base_fid:6.2f} {ips / base_speed:7.2f}{mark}"

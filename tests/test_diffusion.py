@@ -139,7 +139,9 @@ def test_cli_fit_test_and_resume(cli, tmp_path: Path) -> None:
     assert metrics["test/images_per_s"] > 0 and metrics["test/sample_steps"] == 4
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
     assert int(torch.load(last, weights_only=True)["state_dict"]["ema_updates"]) == 3
-    resumed = cli([*QUIET, "trainer.max_epochs=2", "test=false", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'b'}"])
+    resumed = cli(
+        [*QUIET, "trainer.max_epochs=2", "test=false", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'b'}"]
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     state = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
     assert state["epoch"] == 1 and int(state["state_dict"]["ema_updates"]) == 6
@@ -163,8 +165,14 @@ def test_distillation_runs_in_the_fit_from_the_teachers_weights(
     spy = Spy(monkeypatch, Diffusion)
     starts: list[bool] = []
     original = Diffusion.start_distillation
-    monkeypatch.setattr(Diffusion, "start_distillation", lambda m, t: starts.append(original(m, t)) or starts[-1])
-    distill = ["compression=[distill]", f"compression.distill.teacher={teacher}", "compression.distill.alpha=0.9"]
+    monkeypatch.setattr(
+        Diffusion, "start_distillation", lambda m, t: starts.append(original(m, t)) or starts[-1]
+    )
+    distill = [
+        "compression=[distill]",
+        f"compression.distill.teacher={teacher}",
+        "compression.distill.alpha=0.9",
+    ]
     student = ["experiment=diffusion_digits_distill", *QUIET, "test=false", "model.sample_steps=2", *distill]
     train(compose_at(tmp_path / "student", student))
     assert starts == [True] and len(spy.calls) == 3 and all(kd > 0 for _, _, kd in spy.calls)

@@ -135,7 +135,9 @@ class Diffusion(GenerativeModule):
     def _eval_step(self, batch: Any, batch_idx: int, stage: str) -> None:
         generator = torch.Generator().manual_seed(batch_idx)  # the same t and noise every epoch
         loss = self.denoising_loss(batch[0], generator)
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch[0].shape[0], sync_dist=True)
+        self.log(
+            f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=batch[0].shape[0], sync_dist=True
+        )
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
         self._eval_step(batch, batch_idx, "val")
@@ -275,7 +277,9 @@ class Diffusion(GenerativeModule):
         prediction match (the paper's initialisation); otherwise train from this run's own init."""
         assert isinstance(teacher, Diffusion)
         state = teacher.sampler().state_dict()
-        if teacher.prediction != self.prediction or {k: v.shape for k, v in state.items()} != {k: v.shape for k, v in self.net.state_dict().items()}:
+        if teacher.prediction != self.prediction or {k: v.shape for k, v in state.items()} != {
+            k: v.shape for k, v in self.net.state_dict().items()
+        }:
             return False
         self.net.load_state_dict(state)
         if self.ema is not None:

@@ -26,7 +26,9 @@ def resolutions(image_shape: tuple[int, int, int], levels: int) -> list[int]:
     """
     side = image_shape[-1]
     if len(image_shape) != 3 or image_shape[1] != side:
-        raise ConfigError("data.image_size", tuple(image_shape), "square (C, H, H) images for model=diffusion")
+        raise ConfigError(
+            "data.image_size", tuple(image_shape), "square (C, H, H) images for model=diffusion"
+        )
     sides = [side]
     for _ in range(levels - 1):
         if sides[-1] % 2 or sides[-1] < 4:
