@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genexp.checks import boolean, in_range, is_int, one_of, positive_int
 from genexp.errors import ConfigError
 from genexp.models.base import GenerativeModule
 from genexp.models.unet import UNet
@@ -52,12 +53,6 @@ def ddim_step(z: torch.Tensor, x: torch.Tensor, t: torch.Tensor, s: torch.Tensor
     a_t, s_t = alpha_sigma(t)
     a_s, s_s = alpha_sigma(s)
     return a_s * x + s_s * (z - a_t * x) / s_t
-
-
-def _positive_int(value: Any, key: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ConfigError(key, value, "a positive integer")
-    return value
 
 
 class Diffusion(GenerativeModule):
@@ -86,23 +81,21 @@ class Diffusion(GenerativeModule):
         **base: Any,
     ) -> None:
         super().__init__(**base)
-        if prediction not in PREDICTIONS:
-            raise ConfigError("model.prediction", prediction, f"one of {list(PREDICTIONS)}")
-        _positive_int(channels, "model.channels")
-        _positive_int(res_blocks, "model.res_blocks")
-        _positive_int(sample_steps, "model.sample_steps")
-        if not channel_mults or not all(isinstance(m, int) and m >= 1 for m in channel_mults):
+        one_of("model.prediction", prediction, PREDICTIONS)
+        positive_int("model.channels", channels)
+        positive_int("model.res_blocks", res_blocks)
+        positive_int("model.sample_steps", sample_steps)
+        boolean("model.attention", attention)
+        if not channel_mults or not all(is_int(m) and m >= 1 for m in channel_mults):
             raise ConfigError("model.channel_mults", channel_mults, "a non-empty list of positive integers")
-        if not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
-            raise ConfigError("model.dropout", dropout, "a number in [0, 1)")
-        if ema_decay is not None and (not isinstance(ema_decay, (int, float)) or not 0 <= ema_decay < 1):
-            raise ConfigError("model.ema_decay", ema_decay, "a number in [0, 1) or null")
+        in_range("model.dropout", dropout, 0, 1)
+        in_range("model.ema_decay", ema_decay, 0, 1, allow_none=True)
         image_shape = tuple(image_shape)  # type: ignore[assignment]
         channel_mults = tuple(channel_mults)
         self.save_hyperparameters(ignore=["optimizer", "scheduler"], logger=False)
         self.image_shape, self.prediction, self.sample_steps = image_shape, prediction, sample_steps
         self.ema_decay = float(ema_decay or 0.0)
-        self.net = UNet(image_shape, channels, channel_mults, res_blocks, bool(attention), float(dropout))
+        self.net = UNet(image_shape, channels, channel_mults, res_blocks, attention, float(dropout))
         self.ema = copy.deepcopy(self.net).requires_grad_(False) if self.ema_decay else None
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self._grid_seed: int | None = None
@@ -172,7 +165,7 @@ class Diffusion(GenerativeModule):
 
         A ``seed`` fixes the starting noise, so the same seed gives the same images.
         """
-        steps = _positive_int(steps or self.sample_steps, "steps")
+        steps = positive_int("steps", steps or self.sample_steps)
         seed = self._grid_seed if seed is None else seed
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         noise = torch.randn((n, *self.image_shape), generator=generator)
@@ -257,13 +250,7 @@ class Diffusion(GenerativeModule):
         """A Diffusion teacher on this image shape whose ``sample_steps`` are a multiple (>= 2) of ours."""
         super().check_teacher(teacher, key)
         assert isinstance(teacher, Diffusion)
-        if tuple(teacher.image_shape) != tuple(self.image_shape):
-            raise ConfigError(
-                key,
-                f"a Diffusion model on images of shape {tuple(teacher.image_shape)}",
-                f"a teacher trained on images of this run's shape {tuple(self.image_shape)} "
-                "(same data.name and data.image_size)",
-            )
+        self.check_teacher_image_shape(teacher, key)
         if teacher.sample_steps <= self.sample_steps or teacher.sample_steps % self.sample_steps:
             raise ConfigError(
                 key,
