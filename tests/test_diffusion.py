@@ -236,3 +236,25 @@ def test_cli_bad_values_are_one_line_errors(cli, tmp_path: Path, teacher: Path) 
         assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
         assert "Traceback" not in result.stderr
         assert not run_dirs(tmp_path / str(i)) or not (tmp_path / str(i) / "checkpoints").exists()
+
+
+def test_the_denoiser_exports_to_onnx_with_its_example_input(tmp_path: Path) -> None:
+    """``example_input`` is a plain (z_t, t) tensor pair: the ONNX graph runs any batch and matches torch."""
+    import onnxruntime
+
+    from genexp.deploy.onnx_export import Graph, export_graph, float_copy
+
+    model = tiny()
+    batch = {0: "batch"}
+    graph = Graph(
+        "model",
+        float_copy(model.deployable()),
+        model.example_input(2),
+        ["z", "t"],
+        ["prediction"],
+        {"z": batch, "t": batch, "prediction": batch},
+    )
+    session = onnxruntime.InferenceSession(str(export_graph(graph, tmp_path / "model.onnx", 18)))
+    z, t = model.example_input(5)
+    (out,) = session.run(None, {"z": z.numpy(), "t": t.numpy()})
+    assert torch.allclose(torch.from_numpy(out), model.deployable()(z, t), atol=1e-4)
