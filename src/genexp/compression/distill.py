@@ -12,7 +12,8 @@ its task loss through ``GenerativeModule.with_distillation``, which returns
 ``(1 - alpha)·task + alpha·KD`` with ``KD = pl_module.distillation_loss(batch, teacher, temperature)``.
 ``alpha`` follows a ``CompressionSchedule`` from ``initial_alpha`` to ``alpha`` between ``start_epoch``
 and ``end_epoch`` (inclusive) and is 0 outside them (the teacher does not run there). Resuming re-creates
-the callback from the run's config, which reloads the teacher; the schedule follows
+the callback from the run's config, which reloads the teacher; a fresh (not resumed) fit first calls
+``pl_module.start_distillation(teacher)`` (a diffusion student copies its teacher's weights); the schedule follows
 ``trainer.current_epoch``, so a resumed run continues on the same curve.
 
 Bad input fails before the first training step, naming ``compression.distill.<key>``: a missing or
@@ -204,6 +205,8 @@ class DistillationCallback(Callback):
         self.teacher = trainer.precision_plugin.convert_module(teacher).eval()
         self.teacher.requires_grad_(False)
         pl_module.distiller = self  # type: ignore[assignment]
+        if self._restored_teacher is None and pl_module.start_distillation(self.teacher):
+            log.info("The student starts from the teacher's weights")
         if self._restored_teacher is not None and self._restored_teacher != str(self.teacher_path):
             rank_zero_warn(
                 f"{self.key_prefix}.teacher={self.teacher_path}: the checkpoint being resumed was "

@@ -111,6 +111,11 @@ class GenerativeModule(L.LightningModule):
                 f"a teacher trained on images of this run's shape {ours} (same data.name and data.image_size)",
             )
 
+    def start_distillation(self, teacher: GenerativeModule) -> bool:
+        """Called once when a fresh (not resumed) distillation fit starts; returns True when this model
+        took weights from ``teacher`` (diffusion: the student starts as its teacher). Default: nothing."""
+        return False
+
     def with_distillation(self, task_loss: torch.Tensor, batch: Any) -> torch.Tensor:
         """``(1 - alpha)·task_loss + alpha·distillation_loss`` while ``self.distiller`` is active.
 

@@ -6,6 +6,8 @@ Every metric is read from the test stage ``genexp-eval`` runs (lower is better f
   samples' domain FID and class coverage when ``callbacks.sample_quality`` ran);
 - GAN: domain-classifier FID of 1,000 samples against the test split (``test/fid``, from
   ``genexp.metrics.callback.SampleQuality``), with the number of digit classes covered;
+- Diffusion: the same domain FID and class coverage of its DDIM samples, with the sampling throughput
+  (``test/images_per_s`` at ``test/sample_steps`` DDIM steps);
 - GPT: held-out loss in nats per character (``test/loss``, on the text's own test split: the last 5%,
   never seen by validation), bits per character and perplexity.
 """
@@ -35,6 +37,12 @@ FAMILIES: dict[str, Family] = {
     ),
     "GAN": Family(
         "gan", "test/fid", "domain FID vs test split (lower is better)", ("test/fid", "test/classes_covered")
+    ),
+    "Diffusion": Family(
+        "diffusion",
+        "test/fid",
+        "domain FID vs test split (lower is better)",
+        ("test/fid", "test/classes_covered", "test/images_per_s", "test/sample_steps"),
     ),
     "GPT": Family("gpt", "test/loss", "test loss (nats/char)", ("test/loss", "test/bpc", "test/ppl")),
 }
