@@ -1,17 +1,12 @@
 """PruningCallback: gradual, exact, checkpoint-aware pruning of ``deployable()`` along a CompressionSchedule.
 
-Built on ``torch.nn.utils.prune``: each target module gets the usual ``weight_orig`` parameter, a
-``weight_mask`` buffer and a forward pre-hook computing ``weight = weight_orig * weight_mask``, so pruned
-weights stay zero through every optimizer step. The masks themselves are computed here, not by torch's
-``PruningContainer`` (which compounds amounts): at each update the callback ranks the still-unpruned
-weights (or channels) and removes exactly as many as the schedule's sparsity asks for, so the targeted
-weights hold ``round(sparsity * numel)`` zeros (unstructured; structured rounds to whole channels).
-
-Checkpoints always hold *plain* weights (masks folded in, so any checkpoint loads into an unpruned
-module: genexp-eval, a distillation teacher, quantization) and the masks plus the schedule position in
-the callback state; resuming re-applies the masks before the first training step. In DDP the masks are
-computed on rank 0 and broadcast, so every rank prunes the same weights. At fit end the pruning is made
-permanent (``make_permanent``), and ``compression.json`` is written into the run folder.
+Built on ``torch.nn.utils.prune`` (``weight = weight_orig * weight_mask``, so pruned weights stay zero through
+every optimizer step), with masks computed here (``masks.py``): each update keeps exactly
+``round(sparsity * numel)`` zeros among the targets (structured: whole channels). Checkpoints hold *plain*
+weights (any checkpoint loads into an unpruned module) and the masks and schedule position in the callback
+state, re-applied on resume. In DDP rank 0 computes the masks and broadcasts them. At fit end the pruning is
+made permanent (``make_permanent``) and the figures go to ``compression.json`` through ``record_compression``.
+``method=ln_structured`` without ``dim`` is ``prune_units.UnitPruningCallback``: it removes the units.
 """
 
 from __future__ import annotations
@@ -53,18 +48,15 @@ class PruningCallback(Callback):
             every rank) or ``ln_structured``: without ``dim``, whole attention heads, MLP units and conv
             channels, removed at fit end (``genexp.compression.prune_units.UnitPruningCallback``); with an
             integer ``dim``, masks of whole slices along it (``dim=0``: output channels of Linear/Conv).
-        scope: ``global`` (one ranking over all targeted weights) or ``layer`` (each layer to the same
-            sparsity). Global structured ranks channels by their norm per element.
+        scope: ``global`` (one ranking over all targets; structured: norm per element) or ``layer``.
         final_sparsity, initial_sparsity: fractions of the targeted weights pruned at ``end_epoch`` and
             at ``start_epoch`` (in [0, 1)).
         start_epoch, end_epoch, every_n_epochs, ramp: the ``CompressionSchedule`` (cubic, linear, one_shot);
             ``end_epoch`` null (the default) is the fit's last epoch (``trainer.max_epochs - 1``; 10 when the
             fit has no epoch limit), so ``final_sparsity`` is what the run ends with.
         dim, n: the slice dimension and norm order of ``ln_structured``.
-        include: regexes (``re.search`` on module names inside ``deployable()``); when given, every
-            module with a ``weight`` that matches is a target, embeddings and norms included. Each
-            pattern must match at least one module.
-        exclude: regexes removing modules from the targets.
+        include, exclude: regexes (``re.search``) on module names inside ``deployable()`` (``targets.py``):
+            with ``include`` any module with a matching ``weight`` is a target; ``exclude`` removes.
         make_permanent: at fit end fold the masks into plain weights (``prune.remove``).
         seed: seeds ``random_unstructured`` (with the epoch), so reruns and resumes prune the same weights.
         latency_batch_size, latency_repeats: the fixed batch and repeats of the latency in compression.json.
