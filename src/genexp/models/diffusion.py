@@ -67,6 +67,8 @@ class Diffusion(GenerativeModule):
         **base: ``optimizer``, ``scheduler``, ``sample_every_n_epochs``, ``num_samples`` (GenerativeModule).
     """
 
+    data_kind = "images"
+
     def __init__(
         self,
         image_shape: tuple[int, int, int] = (1, 16, 16),
