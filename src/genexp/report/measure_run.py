@@ -26,6 +26,7 @@ from genexp.deploy.costs import measure
 from genexp.deploy.latency import cpu_latency_ms, gpu_latency, on_device, throughput
 from genexp.rebuild import Loaded
 from genexp.report.family import compression_of, family_of, model_class
+from genexp.report.training import training_of
 from genexp.run_folder import scalar_metrics
 
 DEFAULT_BATCH_SIZE = 16
@@ -135,6 +136,7 @@ def describe(loaded: Loaded) -> dict[str, Any]:
         "baseline": compression["baseline"],
         "quality_metric": family.primary,
         "quality_label": family.label,
+        **training_of(loaded.config, run_dir),
         **{f"checkpoint/{k}": v for k, v in loaded.info.items()},
     }
 
