@@ -104,8 +104,6 @@ def training_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, Any]]:
         ("optimizer", lambda r: r.get("optimizer") or "?"),
         ("lr", lambda r: fmt(r.get("lr"))),
     ]
-    if len({r["compression"] for r in rows}) > 1:
-        columns.append(("compression", lambda r: r["compression"]))
     columns += [
         (rows[0]["quality_metric"], lambda r: fmt(r["quality"])),
         ("x base", lambda r: _ratio(r.get("quality_ratio"))),
@@ -167,7 +165,7 @@ def compare_markdown(
         text += "training throughput, peak memory, and when target.metric reached target.value.\n\n"
         text += markdown([h for h, _ in training], [[get(r) for _, get in training] for r in rows])
     if curves:
-        text += f"\n![Validation curves, best lr per optimizer]({curves})\n"
+        text += f"\n![Validation curves against steps and wall-clock seconds]({curves})\n"
     if skipped:
         text += "\nSkipped runs:\n\n" + "".join(f"- `{s['run']}`: {s['reason']}\n" for s in skipped)
     return text
