@@ -8,13 +8,22 @@ training iteration (total wall time / steps, validation included) and the ratio 
 
     python benchmarks/gpt_speed.py                       # the full recipe: 10 epochs x 200 steps
     python benchmarks/gpt_speed.py --epochs 2 --compile  # quicker, torch.compile'd network
+
+End to end (``--e2e``): process start to exit of ``genexp-train experiment=gpt_shakespeare_cpu`` (as a user
+runs it: config composition, imports, sanity check, fit, test pass, samples, metrics.json) against
+``benchmarks/plain_gpt.py``, the same recipe as one torch-only script; alternating runs, wall and CPU seconds.
+
+    python benchmarks/gpt_speed.py --e2e --repeats 2     # the full 2,000 steps each, ~12 minutes
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import resource
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +36,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
-from _harness import CONF, SHAKESPEARE
+from _harness import CONF, REPO, SHAKESPEARE
 from genexp.build import (  # noqa: E402
     build_callbacks,
     build_datamodule,
@@ -124,6 +133,48 @@ def run_plain(cfg: DictConfig, out: Path) -> tuple[float, float, int, float]:
     return seconds, cpu, step, val_loss
 
 
+def timed(command: list[str], cwd: Path) -> tuple[float, float]:
+    """Run ``command`` to completion; its (wall seconds, CPU seconds of the child)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, check=False)
+    wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if result.returncode:
+        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def end_to_end(args: argparse.Namespace) -> None:
+    """genexp-train vs the plain script, process start to exit, alternating."""
+    runs: dict[str, list[tuple[float, float]]] = {"plain": [], "genexp": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(args.repeats):
+            for name in ("plain", "genexp") if i % 2 == 0 else ("genexp", "plain"):
+                out = Path(tmp) / f"{name}{i}"
+                if name == "plain":
+                    command = [sys.executable, str(REPO / "benchmarks" / "plain_gpt.py"), f"--data={args.data}"]
+                    command += [f"--out={out}", f"--epochs={args.epochs}"]
+                else:
+                    command = [sys.executable, "-m", "genexp.train", "experiment=gpt_shakespeare_cpu"]
+                    command += [f"data.path={args.data}", f"hydra.run.dir={out}", *args.overrides]
+                    if args.epochs != 10:
+                        command += [f"trainer.max_epochs={args.epochs}"]
+                        command += [f"scheduler.scheduler.total_steps={args.epochs * 200}"]
+                runs[name].append(timed(command, Path(tmp)))
+                print(f"  {name:7s} run {i}: {runs[name][-1][0]:.1f} s wall, {runs[name][-1][1]:.1f} s CPU", flush=True)
+    wall = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
+    print(f"\nEnd to end, {args.epochs * 200} steps, median of {args.repeats} (process start to exit)")
+    print("| script | wall s | CPU s |\n|---|---:|---:|")
+    for name in ("plain", "genexp"):
+        print(f"| {name} | {wall[name]:.1f} | {cpu[name]:.1f} |")
+    print(
+        f"ratio genexp/plain: {wall['genexp'] / wall['plain']:.3f}x wall, "
+        f"{cpu['genexp'] / cpu['plain']:.3f}x CPU time (target <= 1.0x)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -138,10 +189,14 @@ def main() -> None:
         "--compile", action="store_true", help="torch.compile the network (model.compile=true)"
     )
     parser.add_argument("--progress-bar", action="store_true", help="keep the RichProgressBar callback")
+    parser.add_argument("--e2e", action="store_true", help="end to end: genexp-train vs benchmarks/plain_gpt.py")
     parser.add_argument(
         "overrides", nargs="*", help="extra Hydra overrides for both runs, e.g. model.n_layer=6"
     )
     args = parser.parse_args()
+    if args.e2e:
+        end_to_end(args)
+        return
 
     wall: dict[str, list[float]] = {"plain": [], "genexp": []}
     cpu: dict[str, list[float]] = {"plain": [], "genexp": []}

@@ -318,4 +318,6 @@ def test_gpt_sweep_recipe_is_eight_runs_and_int8_compounds_with_pruning(tmp_path
         assert both["nonzero"] <= pruned["nonzero"]
     assert rows["90%+int8"]["bytes"] < rows["80%+int8"]["bytes"] < rows["50%+int8"]["bytes"]
     table = (sweep_dir / "compare" / "report.md").read_text()
-    assert table.count("prune 0.9 + quantize ptq int8_weight_only") == 1 and table.count("\n| ") == 9
+    compared, training = table.split("## Training cost")  # then each run's own training cost, 8 rows again
+    assert compared.count("prune 0.9 + quantize ptq int8_weight_only") == 1 and compared.count("\n| ") == 9
+    assert training.count("\n| ") == 9 and "train s" in training

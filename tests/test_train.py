@@ -119,7 +119,11 @@ def test_default_run_leaves_checkpoint_events_and_metrics(cli, tmp_path: Path) -
     tags = events.Tags()
     assert "samples" in tags["images"] and {"val/loss", "train/loss_epoch"} <= set(tags["scalars"])
     assert any(tag.startswith("lr-") for tag in tags["scalars"]), "learning rate is logged"
+    assert {"cost/step_ms", "cost/rss_mb"} <= set(tags["scalars"]), "step time and memory are plotted"
     assert (run / "samples.png").is_file()
+    assert metrics["cost/train_batches"] == 8 and 0 < metrics["cost/step_ms_median"] <= metrics["cost/step_ms_p90"]
+    assert metrics["cost/fit_seconds"] > 8 * metrics["cost/step_ms_median"] / 1e3
+    assert metrics["cost/samples_per_s"] > 0 and metrics["cost/peak_rss_mb"] >= metrics["cost/start_rss_mb"] > 50
 
 
 def test_cli_overrides_and_cfg_job(cli) -> None:
@@ -135,7 +139,7 @@ def test_help_lists_groups(cli) -> None:
     result = cli(["--help"])
     assert result.returncode == 0
     for line in (
-        "optimizer: adagrad, adam, adamw, momentum, rmsprop, sgd",
+        "optimizer: adagrad, adam, adamw, adamw4bit, adamw8bit, momentum, rmsprop, sgd",
         "scheduler: cosine, none, onecycle, plateau, step, warmup_cosine",
         "model: ",
     ):

@@ -71,7 +71,7 @@ def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> Generativ
     model = instantiate(
         cfg.model,
         "model",
-        optimizer=instantiate(cfg.optimizer, "optimizer"),
+        optimizer=instantiate(cfg.optimizer, "optimizer", **lr_override(cfg)),
         scheduler=instantiate(cfg.scheduler, "scheduler", _convert_="all"),
         **datamodule.model_kwargs(),
     )
@@ -80,13 +80,29 @@ def build_model(cfg: DictConfig, datamodule: L.LightningDataModule) -> Generativ
     return model
 
 
+def lr_override(cfg: DictConfig) -> dict[str, float]:
+    """``{"lr": optimizer.lr x lr_factor}`` when the top-level ``lr_factor`` is set and not 1 (LR sweeps around
+    each optimizer's tuned default, as in ``experiment=optimizer_study``), else nothing."""
+    factor = cfg.get("lr_factor", 1.0)
+    if factor is None or factor == 1:
+        return {}
+    if not isinstance(factor, (int, float)) or isinstance(factor, bool) or factor <= 0:
+        raise ConfigError("lr_factor", factor, "a positive number (it multiplies optimizer.lr)")
+    return {"lr": float(cfg.optimizer.lr) * factor}
+
+
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    """Every callback under ``callbacks`` and every selected ``compression`` option."""
+    """Every callback under ``callbacks``, every selected ``compression`` option, and the target's stop."""
     callbacks: list[Callback] = []
     for group in ("callbacks", "compression"):
         for name, node in (cfg.get(group) or {}).items():
             if isinstance(node, DictConfig) and "_target_" in node:
                 callbacks.append(instantiate(node, f"{group}.{name}"))
+    target = cfg.get("target")
+    if isinstance(target, DictConfig) and target.get("stop"):
+        from genexp.metrics.cost import target_stopper
+
+        callbacks.append(target_stopper(target.get("metric"), target.get("value"), target.get("mode", "min")))
     return callbacks
 
 

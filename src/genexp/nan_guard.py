@@ -18,6 +18,15 @@ class NonFiniteLossError(GenexpError):
     """Training produced a NaN or Inf loss or gradient."""
 
 
+def grads_finite(grads: list[torch.Tensor]) -> bool:
+    """True when every gradient is finite: one fused max-abs per tensor (NaN propagates, no overflow) and a
+    single check, instead of one check per tensor (which cost ~10% of a baby-GPT step)."""
+    if not grads:
+        return True
+    peaks = torch._foreach_norm(grads, float("inf"))
+    return bool(torch.isfinite(torch.stack([p.float() for p in peaks])).all())
+
+
 class NonFiniteGuard(Callback):
     """Checks every optimizer step before it happens.
 
@@ -47,10 +56,8 @@ class NonFiniteGuard(Callback):
         }
         # Under 16-mixed the GradScaler owns inf/nan gradients (it skips those steps itself).
         check_grads = "16" not in str(trainer.precision) or "bf16" in str(trainer.precision)
-        bad_grads = check_grads and any(
-            p.grad is not None and not torch.isfinite(p.grad).all()
-            for group in optimizer.param_groups
-            for p in group["params"]
+        bad_grads = check_grads and not grads_finite(
+            [p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         )
         if not bad_terms and not bad_grads:
             return

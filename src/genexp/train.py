@@ -13,9 +13,17 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from genexp.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
+from genexp.build import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_model,
+    build_trainer,
+    lr_override,
+)
 from genexp.distributed import job_scope, relaunch_argv
 from genexp.errors import ConfigError, GenexpError, report_errors
+from genexp.metrics.cost import TrainingCost
 from genexp.rebuild import check_resumable, load_checkpoint, trust
 from genexp.run_folder import ensure_fresh, resume_checkpoint, scalar_metrics, write_json
 from genexp.startup import config_dir, quiet_console
@@ -56,7 +64,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> f
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    metrics = scalar_metrics(trainer.callback_metrics)
+    metrics = scalar_metrics(trainer.callback_metrics, *cost_metrics(trainer))
     if cfg.get("test"):
         checkpoint = trainer.checkpoint_callback
         best = checkpoint.best_model_path if isinstance(checkpoint, ModelCheckpoint) else ""
@@ -68,6 +76,11 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> f
         _log_hparams(trainer, cfg, metrics)
         log.info("Metrics: %s", output_dir / "metrics.json")
     return _optimized_value(cfg, metrics)
+
+
+def cost_metrics(trainer: L.Trainer) -> list[dict[str, float]]:
+    """The ``cost/...`` figures of every TrainingCost callback of ``trainer`` (``callbacks.train_cost``)."""
+    return [cb.metrics() for cb in trainer.callbacks if isinstance(cb, TrainingCost)]
 
 
 def _optimized_value(cfg: DictConfig, metrics: dict[str, float]) -> float | None:
@@ -87,13 +100,13 @@ def _log_hparams(trainer: L.Trainer, cfg: DictConfig, metrics: dict[str, float])
         "data": cfg.data.get("name", ""),
         "model": cfg.model.get("_target_", "").rsplit(".", 1)[-1],
         "optimizer": cfg.optimizer.get("_target_", "").rsplit(".", 1)[-1],
-        "lr": cfg.optimizer.get("lr"),
+        "lr": lr_override(cfg).get("lr", cfg.optimizer.get("lr")),
         "scheduler": (cfg.scheduler.get("scheduler") or {}).get("_target_", "none").rsplit(".", 1)[-1],
         "compression": ",".join(cfg.get("compression") or {}) or "none",
         "max_epochs": cfg.trainer.get("max_epochs"),
         "seed": cfg.seed,
     }
-    finals = {f"hparams/{k}": v for k, v in metrics.items() if k.startswith(("val/", "test/"))}
+    finals = {f"hparams/{k}": v for k, v in metrics.items() if k.startswith(("val/", "test/", "cost/"))}
     for logger in trainer.loggers:
         if isinstance(logger, TensorBoardLogger):
             logger.log_hyperparams({k: v for k, v in chosen.items() if v is not None}, finals)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from genexp.checks import int_at_least, is_int, number_at_least
 from genexp.errors import ConfigError
+from genexp.optim import CUDA_ONLY
 
 
 def check_int(cfg: DictConfig, key: str, minimum: int, allow_none: bool = False) -> None:
@@ -65,6 +66,14 @@ def check_hardware(cfg: DictConfig) -> None:
     if on_cpu and precision in HALF_PRECISIONS:
         raise ConfigError(
             "trainer.precision", precision, "32-true or bf16-mixed on the CPU (16-bit float needs a CUDA GPU)"
+        )
+    optimizer = str((cfg.get("optimizer") or {}).get("_target_", ""))
+    if on_cpu and optimizer in CUDA_ONLY:
+        raise ConfigError(
+            "optimizer",
+            optimizer.rsplit(".", 1)[-1],
+            f"a CUDA GPU for {CUDA_ONLY[optimizer]}: its kernels are GPU kernels, ~40x slower than "
+            "torch.optim.AdamW on the CPU; use optimizer=adamw here",
         )
     devices = trainer.get("devices")
     if accelerator in GPU_ACCELERATORS and is_int(devices) and devices > gpus:

@@ -46,7 +46,7 @@ class GenerativeModule(L.LightningModule):
         optimizer: a partial ``torch.optim`` constructor (Hydra ``_partial_: true``) taking params.
         scheduler: Lightning's scheduler dict whose ``scheduler`` entry is a partial taking the
             optimizer (or None); ``interval``, ``frequency`` and ``monitor`` pass through to Lightning.
-        sample_every_n_epochs: how often validation logs samples (0 turns it off).
+        sample_every_n_epochs: how often validation logs samples (0: only once, when fit ends).
         num_samples: how many samples a grid or text log shows.
     """
 
@@ -67,6 +67,7 @@ class GenerativeModule(L.LightningModule):
         self.genexp_config: dict[str, Any] | None = None  # the composed run config, saved in checkpoints
         self.genexp_structure: dict[str, Any] | None = None  # set when structured pruning removed units
         self.distiller: Distiller | None = None  # set by compression.distill during fit (not a submodule)
+        self._sampled_at_step = -1  # the global step of the last logged samples
         _check_lr(self.optimizer_factory)
 
     # ----- hooks every family implements -------------------------------------------------------
@@ -178,6 +179,13 @@ class GenerativeModule(L.LightningModule):
         if every and self.current_epoch % every == 0 and not self.trainer.sanity_checking:
             if self.trainer.is_global_zero:
                 self.log_samples()
+                self._sampled_at_step = self.global_step
+
+    def on_train_end(self) -> None:
+        """Samples of the model as fit ends, unless the last validation logged them."""
+        if self.trainer.is_global_zero and self.num_samples and self._sampled_at_step != self.global_step:
+            self.log_samples()
+            self._sampled_at_step = self.global_step
 
     @torch.no_grad()
     def log_samples(self) -> None:

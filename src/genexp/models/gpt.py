@@ -16,6 +16,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 from torchmetrics.text import Perplexity
 
 from genexp.checks import in_range, int_at_least, is_number, positive_int
@@ -89,6 +90,7 @@ class Transformer(nn.Module):
     ) -> None:
         super().__init__()
         self.block_size = block_size
+        self.activation_checkpointing = False  # recompute each block's activations in backward (GPT sets it)
         self.wte = nn.Embedding(vocab_size, n_embd)
         self.wpe = nn.Embedding(block_size, n_embd)
         self.drop = nn.Dropout(dropout)
@@ -111,8 +113,9 @@ class Transformer(nn.Module):
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
+        recompute = self.activation_checkpointing and self.training and torch.is_grad_enabled()
         for block in self.blocks:
-            x = block(x)
+            x = checkpoint(block, x, use_reentrant=False) if recompute else block(x)
         return self.lm_head(self.ln_f(x))
 
 
@@ -126,6 +129,8 @@ class GPT(GenerativeModule):
         dropout: dropout on embeddings, attention and residual branches.
         bias: biases in Linear and LayerNorm layers.
         compile: ``torch.compile`` the network (state-dict keys stay the same).
+        activation_checkpointing: keep only each block's input during training and recompute the block in
+            backward (``torch.utils.checkpoint``): less activation memory for more compute.
         sample_prompt, sample_tokens, temperature, top_k: the text samples logged each validation epoch.
         **base: ``optimizer``, ``scheduler``, ``sample_every_n_epochs``, ``num_samples`` (GenerativeModule).
     """
@@ -143,6 +148,7 @@ class GPT(GenerativeModule):
         dropout: float = 0.0,
         bias: bool = False,
         compile: bool = False,
+        activation_checkpointing: bool = False,
         sample_prompt: str = "\n",
         sample_tokens: int = 200,
         temperature: float = 1.0,
@@ -176,6 +182,7 @@ class GPT(GenerativeModule):
         if self.vocab is not None:
             self.encode(sample_prompt, key="model.sample_prompt")
         self.net = Transformer(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias)
+        self.net.activation_checkpointing = bool(activation_checkpointing)
         if compile:
             self.net.compile()  # compiles forward in place; parameter names are unchanged
         self.perplexity = nn.ModuleDict({"val": Perplexity(), "test": Perplexity()})

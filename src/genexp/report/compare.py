@@ -7,7 +7,8 @@ load or test is reported and skipped. The **dense baseline** is the run without 
 sparsity 0, no quantization, no distillation); ratios are ``value / baseline``.
 
 Writes into ``out_dir``: ``report.json`` (every row, the baseline, skipped runs), ``report.md`` (the
-table and the plot), ``pareto.png`` and ``tensorboard/`` (HPARAMS entries).
+table and the plots), ``pareto.png``, ``curves.png`` (validation curves against steps and wall-clock seconds,
+``genexp.report.training``) and ``tensorboard/`` (HPARAMS entries).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from genexp.report.measure_run import SpeedSettings, assemble, latency_call, siz
 from genexp.report.onnx_target import load_target
 from genexp.report.pareto import pareto_plot
 from genexp.report.tables import compare_markdown
+from genexp.report.training import curves_plot
 from genexp.run_folder import write_json
 
 log = logging.getLogger(__name__)
@@ -134,6 +136,7 @@ def compare_runs(
         row["short"] = short_label(row)
 
     plot = pareto_plot(rows, out_dir / "pareto.png", _title(rows, baseline))
+    curves = curves_plot(rows, out_dir / "curves.png", f"{rows[0]['model']}: validation curves, best lr each")
     tensorboard = out_dir / "tensorboard"
     write_hparams(rows, tensorboard)
     summary = {
@@ -143,11 +146,12 @@ def compare_runs(
         "runs": rows,
         "skipped": skipped,
         "plot": plot.name,
+        "curves_plot": curves.name if curves else None,
         "tensorboard": tensorboard.name,
         "latency": {"repeats": settings.repeats, "rounds": settings.rounds, "interleaved": True},
     }
     write_json(out_dir / "report.json", summary)
-    (out_dir / "report.md").write_text(compare_markdown(rows, skipped, plot.name), encoding="utf-8")
+    (out_dir / "report.md").write_text(compare_markdown(rows, skipped, plot.name, curves.name if curves else None), encoding="utf-8")
     return summary
 
 

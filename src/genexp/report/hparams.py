@@ -37,6 +37,8 @@ def hparams_of(row: dict[str, Any]) -> dict[str, Any]:
         "quantize": str(row["quantize"]),
         "distill": str(row["distill"]),
         "baseline": str(row["is_baseline"]),
+        "optimizer": str(row.get("optimizer")),
+        "lr": float(row["lr"]) if row.get("lr") is not None else 0.0,
     }
 
 
@@ -44,6 +46,7 @@ def metrics_of(row: dict[str, Any]) -> dict[str, float]:
     """``report/<figure>`` for the size/speed figures and ``report/<metric>`` for the quality metrics."""
     out = {f"report/{k}": float(row[k]) for k in NUMBERS if isinstance(row.get(k), (int, float))}
     out.update({f"report/{k}": float(v) for k, v in row["metrics"].items()})
+    out.update({f"report/train_{k}": float(v) for k, v in (row.get("cost") or {}).items()})
     for key in ("quality_ratio", "bytes_ratio", "latency_ratio"):
         if row.get(key) is not None:
             out[f"report/{key}"] = float(row[key])
@@ -57,6 +60,7 @@ def write_hparams(rows: Sequence[dict[str, Any]], folder: str | Path) -> list[Pa
         "quantize": sorted({str(r["quantize"]) for r in rows}),
         "distill": sorted({str(r["distill"]) for r in rows}),
         "baseline": ["False", "True"],
+        "optimizer": sorted({str(r.get("optimizer")) for r in rows}),
     }
     written = []
     for i, row in enumerate(rows):

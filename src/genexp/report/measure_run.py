@@ -36,6 +36,7 @@ from genexp.deploy.onnx_runtime import session_call
 from genexp.rebuild import Loaded
 from genexp.report.family import compression_of, family_of, model_class
 from genexp.report.onnx_target import backend_latency, onnx_size
+from genexp.report.training import training_of
 from genexp.run_folder import scalar_metrics
 
 DEFAULT_BATCH_SIZE = 16
@@ -173,6 +174,7 @@ def describe(loaded: Loaded) -> dict[str, Any]:
         "backend": loaded.backend,
         "quality_metric": family.primary,
         "quality_label": family.label,
+        **training_of(loaded.config, run_dir),
         **{f"checkpoint/{k}": v for k, v in loaded.info.items()},
     }
 

@@ -63,6 +63,7 @@ def single_rows(row: dict[str, Any]) -> list[tuple[str, str]]:
         )
     for backend, speed in (table.get("generation_tokens_per_s") or {}).items():
         rows.append((f"generation {backend} (tokens/s, 256 new)", f"{speed:,.0f}"))
+    rows += [(f"training: {name}", fmt(value)) for name, value in (row.get("cost") or {}).items()]
     if "gpu_latency_ms" in row:
         rows += [
             (
@@ -111,6 +112,45 @@ def _slower(row: dict[str, Any]) -> str:
     return f"{ratio} **slower**" if row.get("slower_than_dense") else ratio
 
 
+def training_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, Any]]:
+    """(header, row -> value) for the training table: how each run was trained and what that cost
+    (the run's ``cost/`` figures); empty when no run recorded any."""
+    if not any(r.get("cost") for r in rows):
+        return []
+    columns: list[tuple[str, Any]] = [
+        ("#", lambda r: r["rank"]),
+        ("run", lambda r: r["run"]),
+        ("optimizer", lambda r: r.get("optimizer") or "?"),
+        ("lr", lambda r: fmt(r.get("lr"))),
+    ]
+    columns += [
+        (rows[0]["quality_metric"], lambda r: fmt(r["quality"])),
+        ("x base", lambda r: _ratio(r.get("quality_ratio"))),
+    ]
+    rate = "tokens_per_s" if any("tokens_per_s" in r["cost"] for r in rows) else "samples_per_s"
+    figures = [
+        ("train s", "fit_seconds", ".1f"),
+        ("step ms (median)", "step_ms_median", ".1f"),
+        ("step ms (p90)", "step_ms_p90", ".1f"),
+        ("train " + rate.replace("_per_s", "/s"), rate, ",.0f"),
+        ("peak RSS MiB", "peak_rss_mb", ",.0f"),
+    ]
+    if any("peak_gpu_mb" in r["cost"] for r in rows):
+        figures.append(("peak GPU MiB", "peak_gpu_mb", ",.0f"))
+    if any("target_seconds" in r["cost"] for r in rows):
+        figures += [("s to target", "target_seconds", ".1f"), ("steps to target", "target_step", ".0f")]
+    for header, key, spec in figures:
+        columns.append((header, lambda r, k=key, f=spec: _cost(r, k, f)))
+    return columns
+
+
+def _cost(row: dict[str, Any], key: str, spec: str) -> str:
+    value = row.get("cost", {}).get(key)
+    if value is None:
+        return "-"
+    return "never" if math.isnan(value) and key.startswith("target_") else format(value, spec)
+
+
 def _ratio(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f}"
 
@@ -127,7 +167,10 @@ def single_markdown(row: dict[str, Any]) -> str:
 
 
 def compare_markdown(
-    rows: Sequence[dict[str, Any]], skipped: Sequence[dict[str, str]], plot: str | None
+    rows: Sequence[dict[str, Any]],
+    skipped: Sequence[dict[str, str]],
+    plot: str | None,
+    curves: str | None = None,
 ) -> str:
     columns = compare_columns(rows)
     text = "# genexp-eval comparison\n\n"
@@ -135,6 +178,13 @@ def compare_markdown(
     text += markdown([h for h, _ in columns], [[get(r) for _, get in columns] for r in rows])
     if plot:
         text += f"\n![Pareto plot]({plot})\n"
+    training = training_columns(rows)
+    if training:
+        text += "\n## Training cost\n\nThe runs' own figures (metrics.json `cost/`): fit wall seconds, step time, "
+        text += "training throughput, peak memory, and when target.metric reached target.value.\n\n"
+        text += markdown([h for h, _ in training], [[get(r) for _, get in training] for r in rows])
+    if curves:
+        text += f"\n![Validation curves against steps and wall-clock seconds]({curves})\n"
     if skipped:
         text += "\nSkipped runs:\n\n" + "".join(f"- `{s['run']}`: {s['reason']}\n" for s in skipped)
     return text
@@ -150,12 +200,14 @@ def print_single(row: dict[str, Any], console: Console | None = None) -> None:
 
 
 def print_compare(rows: Sequence[dict[str, Any]], title: str, console: Console | None = None) -> None:
-    columns = compare_columns(rows)
-    table = Table(title=title)
-    for header, _ in columns:
-        table.add_column(header, justify="left" if header in ("run", "compression") else "right")
-    for r in rows:
-        table.add_row(
-            *[str(get(r)).replace("**", "") for _, get in columns], style="bold" if r["is_baseline"] else None
-        )
-    (console or Console(width=200)).print(table)
+    console = console or Console(width=200)
+    for columns, name in ((compare_columns(rows), title), (training_columns(rows), "training cost")):
+        if not columns:
+            continue
+        table = Table(title=name)
+        for header, _ in columns:
+            table.add_column(header, justify="left" if header in ("run", "compression", "optimizer") else "right")
+        for r in rows:
+            cells = [str(get(r)).replace("**", "") for _, get in columns]
+            table.add_row(*cells, style="bold" if r["is_baseline"] else None)
+        console.print(table)

@@ -1,0 +1,116 @@
+"""Training cost: time to target, the stop at the target, the validation curve, the low-bit optimizer
+refusal on the CPU, activation checkpointing, and the optimizer study end to end (its comparison included)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from omegaconf import open_dict
+
+from conftest import FAST, run_dirs
+from genexp.errors import ConfigError
+from genexp.metrics.cost import TrainingCost, batch_size_of, percentile
+from genexp.models.gpt import Transformer
+from genexp.train import train
+
+QUIET = [*FAST, "logger=csv", "callbacks.model_summary=null", "test=false", "model.num_samples=4"]
+
+
+def _run(compose_train, overrides: list[str], name: str = "run") -> tuple[dict[str, float], list[dict[str, str]]]:
+    cfg = compose_train([*QUIET, *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(Path(cfg.paths.output_dir).parent / name)
+    train(cfg)
+    run = Path(cfg.paths.output_dir)
+    with (run / "train_curve.csv").open(newline="") as f:
+        return json.loads((run / "metrics.json").read_text()), list(csv.DictReader(f))
+
+
+def test_time_to_target_and_curve(compose_train) -> None:
+    metrics, curve = _run(
+        compose_train, ["trainer.max_epochs=3", "target.metric=val/loss", "target.value=1e9"]
+    )
+    assert [int(r["step"]) for r in curve] == [3, 6, 9] and {"val/loss", "val/nelbo", "seconds"} <= set(curve[0])
+    assert metrics["cost/target_step"] == 3  # reached at the first validation
+    assert 0 < metrics["cost/target_seconds"] == pytest.approx(float(curve[0]["seconds"]), abs=0.05)
+    missed, _ = _run(compose_train, ["trainer.max_epochs=1", "target.metric=val/loss", "target.value=-1"], "missed")
+    assert math.isnan(missed["cost/target_step"]) and math.isnan(missed["cost/target_seconds"])
+
+
+def test_target_stop_ends_training_there(compose_train) -> None:
+    metrics, curve = _run(
+        compose_train,
+        ["trainer.max_epochs=5", "target.metric=val/loss", "target.value=1e9", "target.stop=true"],
+    )
+    assert len(curve) == 1 and metrics["cost/train_batches"] == 3 and metrics["cost/target_step"] == 3
+
+
+def test_bad_target_is_named() -> None:
+    with pytest.raises(ConfigError, match="target.value"):
+        TrainingCost(target_metric="val/loss", target_value="low")
+    with pytest.raises(ConfigError, match="target.mode"):
+        TrainingCost(target_mode="lowest")
+
+
+def test_batch_sizes_and_percentile() -> None:
+    assert batch_size_of((torch.zeros(8, 1, 4, 4), torch.zeros(8))) == (8, 0)
+    assert batch_size_of((torch.zeros(3, 64, dtype=torch.long), torch.zeros(3, 64, dtype=torch.long))) == (3, 192)
+    assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.9) == pytest.approx(4.6)
+
+
+def test_low_bit_optimizer_is_refused_on_the_cpu(cli) -> None:
+    result = cli(["optimizer=adamw8bit", "trainer.accelerator=cpu"])
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("genexp: error: optimizer='adamw8bit'") and "CUDA GPU" in lines[0]
+
+
+def test_activation_checkpointing_gives_the_same_gradients() -> None:
+    torch.manual_seed(0)
+    net = Transformer(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=False)
+    idx = torch.randint(11, (3, 8))
+    grads = []
+    for checkpointing in (False, True):
+        net.zero_grad()
+        net.activation_checkpointing = checkpointing
+        net(idx).square().mean().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for plain, recomputed in zip(*grads, strict=True):
+        torch.testing.assert_close(plain, recomputed)
+
+
+@pytest.mark.slow
+def test_optimizer_study_end_to_end(cli, tmp_path: Path) -> None:
+    """The study recipe at small scale: 2 optimizers x 2 lr factors, then its comparison and plots."""
+    result = cli(
+        [
+            "-m",
+            "experiment=optimizer_study",
+            "optimizer=adam,momentum",
+            "lr_factor=1,2",
+            "trainer.max_epochs=2",
+            "trainer.limit_train_batches=3",
+            "trainer.limit_val_batches=2",
+            "trainer.limit_test_batches=2",
+            "target.value=1e9",
+        ],
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    jobs = [d for d in run_dirs(tmp_path) if d.name.isdigit()]  # not compare/, genexp-eval's own folder
+    assert len(jobs) == 4
+    compare = jobs[0].parent / "compare"
+    report = json.loads((compare / "report.json").read_text())
+    rows = {(r["optimizer"], r["lr"]): r for r in report["runs"]}
+    assert set(rows) == {("Adam", 1e-3), ("Adam", 2e-3), ("SGD+momentum", 0.01), ("SGD+momentum", 0.02)}
+    for row in rows.values():
+        assert row["cost"]["train_batches"] == 6 and row["cost"]["target_step"] == 3
+        assert row["cost"]["samples_per_s"] > 0 and row["cost"]["peak_rss_mb"] > 0
+    assert report["curves_plot"] == "curves.png" and (compare / "curves.png").stat().st_size > 10_000
+    markdown = (compare / "report.md").read_text()
+    assert "## Training cost" in markdown and "steps to target" in markdown and "curves.png" in markdown
