@@ -1,1 +1,0 @@
-"""genexp's Hydra configs (this folder ships in the wheel as the package ``genexp.conf``)."""

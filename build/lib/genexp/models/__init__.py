@@ -1,1 +1,0 @@
-"""LightningModules: every family subclasses `GenerativeModule` (base.py)."""
