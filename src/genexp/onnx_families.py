@@ -63,6 +63,11 @@ def graphs_of(model: GenerativeModule, batch_size: int = 2) -> list[Graph]:
     raise GenexpError(f"target: genexp-export knows the GPT, GAN and VAE families, not {type(model).__name__}")
 
 
+def exportable(model: GenerativeModule) -> bool:
+    """True for the families ``genexp-export`` writes graphs for (a user's own model is measured in torch only)."""
+    return isinstance(model, (GPT, GAN, VAE))
+
+
 def usage_of(model: GenerativeModule) -> dict[str, Any]:
     """What a user needs to turn the graphs' outputs into samples, with numpy alone."""
     if isinstance(model, GPT):

@@ -33,6 +33,7 @@ from genexp.deploy.latency import (
     throughput,
 )
 from genexp.deploy.onnx_runtime import session_call
+from genexp.onnx_families import exportable
 from genexp.rebuild import Loaded
 from genexp.report.family import compression_of, family_of, model_class
 from genexp.report.onnx_target import backend_latency, onnx_size
@@ -208,7 +209,7 @@ def measure_target(
     """Everything the report says about one loaded target."""
     size = size_of(loaded)
     speed = speed_of(loaded, settings)
-    if settings.backends:
+    if settings.backends and (loaded.kind == "onnx" or exportable(loaded.model)):
         speed["latency_backends"] = backend_latency(
             loaded, speed["batch_size"], settings.repeats, settings.rounds, settings.warmup
         )
