@@ -56,6 +56,21 @@ def test_removed_units_leave_the_function_of_the_gated_network(family: str, scop
         assert fc.out_features == fc.weight.shape[0] == net.blocks[0].mlp.proj.in_features
 
 
+@pytest.mark.parametrize("family", sorted(NETS))
+def test_a_frozen_network_an_ema_copy_finds_the_same_groups(family: str) -> None:
+    """The GAN's and the diffusion model's deployable is a frozen EMA copy: no autograd graph of its own."""
+    make, example = NETS[family]
+    torch.manual_seed(0)
+    trained, frozen = make().eval(), make().eval().requires_grad_(False)
+    found = {}
+    for name, net in (("trained", trained), ("frozen", frozen)):
+        pruner = UnitPruner("layer")
+        pruner.setup(net, example()[:2])
+        found[name] = [(g.name, g.kind, g.size) for g in pruner.groups]
+    assert found["frozen"] == found["trained"] and found["frozen"]
+    assert not any(p.requires_grad for p in frozen.parameters())  # still frozen after the trace
+
+
 def test_a_structured_run_resumes_evaluates_quantizes_and_exports(tmp_path: Path) -> None:
     from genexp.export import export
     from genexp.train import train

@@ -62,9 +62,22 @@ def _is_attention(module: nn.Module) -> bool:
 
 
 def dependency_graph(root: nn.Module, example: Any) -> Any:
+    """torch-pruning's dependency graph of ``root``, traced through autograd.
+
+    Frozen parameters (an EMA copy: the GAN's and the diffusion model's deployable) leave no autograd graph to
+    trace, so they take gradients for the trace only.
+    """
     import torch_pruning as tp
 
-    return tp.DependencyGraph().build_dependency(root, example_inputs=example)
+    frozen = [p for p in root.parameters() if not p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            return tp.DependencyGraph().build_dependency(root, example_inputs=example)
+    finally:
+        for p in frozen:
+            p.requires_grad_(False)
 
 
 def _handler(module: nn.Module) -> Any:
