@@ -48,6 +48,7 @@ def test_impossible_image_shape_names_the_data_key(shape) -> None:
         ({"loss": "wasserstein"}, "model.loss"),
         ({"d_steps": 0}, "model.d_steps"),
         ({"ema_decay": 1.5}, "model.ema_decay"),
+        ({"grad_clip": -1.0}, "model.grad_clip"),
         ({"label_smoothing": 0.1, "loss": "hinge"}, "model.label_smoothing"),
         ({"optimizer_d": partial(torch.optim.SGD, lr=-1.0)}, "model.optimizer_d.lr"),
     ],
@@ -184,6 +185,32 @@ def test_each_optimizer_has_its_own_scheduler_and_both_step() -> None:
     trainer = _fit(model, [], epochs=3, batches=2)
     assert [c.scheduler.last_epoch for c in trainer.lr_scheduler_configs] == [3, 3]
     assert all(o.param_groups[0]["lr"] < lr for o in trainer.optimizers)  # threshold=10: never "improves"
+
+
+class _GradRMS(Callback):
+    """As each optimizer steps (after any clipping): the largest RMS gradient of its parameter tensors."""
+
+    def __init__(self) -> None:
+        self.rms: list[float] = []
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        def pre(optimizer, args, kwargs) -> None:
+            params = [p for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+            self.rms.append(max(float(p.grad.norm()) / p.numel() ** 0.5 for p in params))
+
+        for opt in trainer.optimizers:
+            opt.register_step_pre_hook(pre)
+
+
+@pytest.mark.parametrize("clip", [None, 1e-5])
+def test_grad_clip_caps_each_tensors_rms_gradient(clip) -> None:
+    recorder = _GradRMS()
+    _fit(_tiny_gan(optimizer=partial(torch.optim.SGD, lr=0.1), grad_clip=clip), [recorder], epochs=1, batches=3)
+    assert len(recorder.rms) == 6  # one D and one G step per batch
+    if clip is None:
+        assert min(recorder.rms) > 1e-5  # unclipped gradients are larger than the cap below
+    else:
+        assert max(recorder.rms) <= clip * 1.001
 
 
 def test_ema_generator_samples_and_ships() -> None:

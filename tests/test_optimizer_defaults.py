@@ -2,9 +2,9 @@
 
 Long enough to catch divergence: the default VAE for its full 20 epochs, the whole GAN recipe (300 batches of one
 D and one G step; FID of 1,000 samples of the final generator) and 300 steps of the GPT recipe. Each run must stay
-finite and end within 25% of Adam's metric for the same budget (lower is better for all) — except plain SGD and
-SGD + momentum on the GAN, which no setting tried got that close (README, "Every optimizer trains every family"):
-they are held to not collapsing (FID within 5x of Adam's; collapsed generators score 700 to 2,700).
+finite and end within 25% of Adam's metric for the same budget (lower is better for all). Plain SGD and SGD +
+momentum reach that on the GAN only with model.grad_clip (conf/tuning/gan_sgd.yaml, gan_momentum.yaml: each
+parameter tensor's RMS gradient capped, i.e. layer-wise normalised steps); README, "Every optimizer trains every family".
 In-process (no interpreter start-up per run); about 7 minutes on an idle 2-core CPU.
 """
 
@@ -29,7 +29,6 @@ QUIET = [
     "callbacks.model_summary=null",
     "logger=csv",
 ]
-SHORTFALL = {("gan", "sgd"): 5.0, ("gan", "momentum"): 5.0}  # allowed ratio to Adam where 1.25 is not met
 FAMILIES = {  # overrides, the metric compared (lower is better)
     "vae": ([], "val/loss"),
     "gan": (
@@ -71,5 +70,4 @@ def test_every_optimizer_trains_every_family(compose_train, tmp_path: Path, fami
     print(f"{family} {metric}: " + ", ".join(f"{k} {v:.4g}" for k, v in results.items()))
     for optimizer, value in results.items():
         assert math.isfinite(value), f"{family} + {optimizer}: {metric} is {value}"
-        bound = SHORTFALL.get((family, optimizer), 1.25)
-        assert value <= bound * adam, f"{family} + {optimizer}: {metric} {value:.4g} vs Adam's {adam:.4g}"
+        assert value <= 1.25 * adam, f"{family} + {optimizer}: {metric} {value:.4g} vs Adam's {adam:.4g}"

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genexp.checks import in_range, one_of, positive_int, positive_number
+from genexp.checks import in_range, number_at_least, one_of, positive_int, positive_number
 from genexp.errors import ConfigError
 from genexp.models.base import GenerativeModule, OptimizerFactory
 
@@ -122,6 +122,9 @@ class GAN(GenerativeModule):
         loss: ``nonsaturating`` (BCE; G maximises log D(G(z))) or ``hinge``.
         label_smoothing: one-sided: D's target for real images is ``1 - label_smoothing`` (nonsaturating).
         d_steps: discriminator steps (one per batch) per generator step.
+        grad_clip: cap on each parameter tensor's root-mean-square gradient (its norm over sqrt(numel)),
+            applied to G and D before their steps: with a small cap, SGD takes layer-wise normalised steps.
+            Null or 0 disables it (manual optimization: ``trainer.gradient_clip_val`` does not apply).
         ema_decay: decay of the EMA copy of G used for sampling; null or 0 disables it.
         optimizer_d: the discriminator's optimizer partial (null: the same as G's).
         scheduler_d: the discriminator's Lightning scheduler dict (null: the same config as G's).
@@ -139,6 +142,7 @@ class GAN(GenerativeModule):
         loss: str = "nonsaturating",
         label_smoothing: float = 0.0,
         d_steps: int = 1,
+        grad_clip: float | None = None,
         ema_decay: float | None = None,
         optimizer_d: OptimizerFactory | None = None,
         scheduler_d: dict[str, Any] | None = None,
@@ -157,18 +161,17 @@ class GAN(GenerativeModule):
         if loss == "hinge" and label_smoothing:
             raise ConfigError("model.label_smoothing", label_smoothing, "0 with model.loss=hinge")
         in_range("model.ema_decay", ema_decay, 0, 1, allow_none=True)
+        number_at_least("model.grad_clip", grad_clip, 0, allow_none=True)
         if optimizer_d is not None and not callable(optimizer_d):
             raise ConfigError("model.optimizer_d", optimizer_d, "an optimizer config with _partial_: true")
         positive_number("model.optimizer_d.lr", getattr(optimizer_d, "keywords", {}).get("lr"), allow_none=True)
         image_shape = tuple(image_shape)  # type: ignore[assignment]
-        self.save_hyperparameters(
-            ignore=["optimizer", "scheduler", "optimizer_d", "scheduler_d"], logger=False
-        )
+        self.save_hyperparameters(ignore=["optimizer", "scheduler", "optimizer_d", "scheduler_d"], logger=False)
         self.automatic_optimization = False
 
         self.image_shape, self.latent_dim = image_shape, latent_dim
         self.loss, self.label_smoothing, self.d_steps = loss, float(label_smoothing), d_steps
-        self.ema_decay = float(ema_decay or 0.0)
+        self.ema_decay, self.grad_clip = float(ema_decay or 0.0), float(grad_clip or 0.0)
         self.optimizer_d_factory = optimizer_d or self.optimizer_factory
         self.scheduler_d_config = dict(scheduler_d) if scheduler_d is not None else None
 
@@ -188,10 +191,8 @@ class GAN(GenerativeModule):
     def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         if self.loss == "hinge":
             return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-        real_target = torch.full_like(real_logits, 1.0 - self.label_smoothing)
-        return F.binary_cross_entropy_with_logits(
-            real_logits, real_target
-        ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+        real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, 1 - self.label_smoothing))
+        return real + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
     def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
         if self.loss == "hinge":
@@ -214,17 +215,18 @@ class GAN(GenerativeModule):
         d_loss = self.d_loss(real_logits, fake_logits)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
+        self._clip(self.discriminator)
         opt_d.step()
         self.d_updates += 1
         self._step_schedulers(opt_d.optimizer, "step", self.d_updates)
-        logs = {"train/d_loss": d_loss, "train/d_real": self.d_score(real_logits)}
-        logs["train/d_fake"] = self.d_score(fake_logits)
+        logs = {"train/d_loss": d_loss, "train/d_real": self.d_score(real_logits), "train/d_fake": self.d_score(fake_logits)}
 
         # generator step every d_steps batches (D's grads from this step are discarded)
         if (batch_idx + 1) % self.d_steps == 0:
             g_loss = self.g_loss(self.discriminator(self.generator(self.noise(n))))
             opt_g.zero_grad(set_to_none=True)
             self.manual_backward(self.with_distillation(g_loss, batch))  # KD mixes into G's loss only
+            self._clip(self.generator)
             opt_g.step()
             opt_d.zero_grad(set_to_none=True)
             self.g_updates += 1
@@ -246,16 +248,17 @@ class GAN(GenerativeModule):
                 continue
             if isinstance(config.scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau):
                 metrics = self.trainer.callback_metrics
-                monitor = self._monitors.get(
-                    id(config.scheduler), "val/loss"
-                )  # Lightning drops it (manual opt)
+                monitor = self._monitors.get(id(config.scheduler), "val/loss")  # Lightning drops it
                 if monitor not in metrics:
-                    raise ConfigError(
-                        "scheduler.monitor", monitor, f"a metric the GAN logs: {sorted(metrics)}"
-                    )
+                    raise ConfigError("scheduler.monitor", monitor, f"a metric the GAN logs: {sorted(metrics)}")
                 config.scheduler.step(metrics[monitor])
             else:
                 config.scheduler.step()
+
+    def _clip(self, network: nn.Module) -> None:
+        """Cap each parameter tensor's RMS gradient at ``grad_clip`` (layer-wise normalised steps when it binds)."""
+        for param in network.parameters() if self.grad_clip else ():
+            nn.utils.clip_grad_norm_(param, self.grad_clip * param.numel() ** 0.5)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
