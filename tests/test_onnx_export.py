@@ -27,6 +27,8 @@ RUNS = {
     "gan": ["model=gan", "model.g_channels=8", "model.d_channels=8", "model.ema_decay=0.9"],
     "gpt": ["model=gpt", "data=text", "model.n_layer=1", "model.n_embd=32", "model.n_head=4", "data.block_size=16",
             "data.batches_per_epoch=3", "data.val_batches=2"],
+    "diffusion": ["model=diffusion", "model.channels=8", "model.channel_mults=[1,2]", "model.sample_steps=4",
+                  "model.num_samples=4", "data.image_size=8", "data.batch_size=16"],
 }
 EXPORT_FAST = ["callbacks.sample_quality=null", "report.repeats=4", "report.rounds=2", "report.warmup=1",
                "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false", "calibration_batches=2"]
@@ -61,13 +63,13 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         (run / ".hydra").mkdir(parents=True)
         OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # what genexp-train's Hydra writes
         train(cfg)
-        measure = "measure=true" if name == "gpt" else "measure=false"
+        measure = "measure=true" if name in ("gpt", "diffusion") else "measure=false"
         export(compose_cfg("export", [f"target={run}", "quantize=int8", measure, *EXPORT_FAST], root / f"x_{name}"))
         out[name] = run
     return out
 
 
-@pytest.mark.parametrize("family", ["vae", "gan", "gpt"])
+@pytest.mark.parametrize("family", ["vae", "gan", "gpt", "diffusion"])
 def test_each_family_exports_graphs_that_match_torch(runs: dict[str, Path], family: str) -> None:
     folder = runs[family] / "export"
     info = json.loads((folder / "model.json").read_text())
@@ -81,9 +83,14 @@ def test_each_family_exports_graphs_that_match_torch(runs: dict[str, Path], fami
         assert main["inputs"][0]["shape"][1] == "sequence"
         x = x[:, :7]  # nor the sequence length
         assert info["usage"]["vocab"] == loaded.model.vocab and info["usage"]["block_size"] == 16
+    inputs = x if isinstance(x, tuple) else (x,)  # diffusion: (z_t, t)
+    if family == "diffusion":  # the EMA denoiser, two inputs, the prediction named after its type
+        assert [i["name"] for i in main["inputs"]] == ["z_t", "t"] and main["inputs"][1]["shape"] == ["batch"]
+        assert [o["name"] for o in main["outputs"]] == ["v"] and info["usage"]["prediction"] == "v"
+        assert loaded.model.deployable() is loaded.model.ema
     with torch.no_grad():
-        expected = loaded.model.deployable().eval()(x)
-    got = session.run(None, {main["inputs"][0]["name"]: x.numpy()})[0]
+        expected = loaded.model.deployable().eval()(*inputs)
+    got = session.run(None, {i["name"]: v.numpy() for i, v in zip(main["inputs"], inputs, strict=True)})[0]
     assert np.abs(got - expected.numpy()).max() < 1e-4
     int8 = info["graphs"]["model.int8.onnx"]
     assert int8["quantization"]["check"]["relative_error"] <= 0.1
@@ -127,7 +134,7 @@ def _snippet(marker: str) -> str:
     return match.group(1)
 
 
-@pytest.mark.parametrize("marker,family", [("text", "gpt"), ("images", "gan")])
+@pytest.mark.parametrize("marker,family", [("text", "gpt"), ("images", "gan"), ("diffusion", "diffusion")])
 def test_readme_snippets_run_with_onnxruntime_and_numpy_alone(
     runs: dict[str, Path], tmp_path: Path, marker: str, family: str
 ) -> None:
@@ -146,6 +153,75 @@ def test_readme_snippets_run_with_onnxruntime_and_numpy_alone(
     else:
         png = (tmp_path / "samples.png").read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 100
+
+
+def _numpy_ddim(session: ort.InferenceSession, usage: dict, z: np.ndarray) -> np.ndarray:
+    """DDIM in numpy from ``model.json`` alone (its precomputed schedule grid), as a user would write it."""
+    grid, steps = usage["schedule"]["grid"], usage["sample_steps"]
+    alpha, sigma = grid["alpha"], grid["sigma"]  # at t = 1, (N-1)/N, ..., 0
+    for k in range(steps):
+        t = np.full(len(z), grid["t"][k], dtype=np.float32)
+        out = session.run(None, {"z_t": z, "t": t})[0]
+        x = np.clip(alpha[k] * z - sigma[k] * out if usage["prediction"] == "v" else (z - sigma[k] * out) / alpha[k], -1, 1)
+        z = (alpha[k + 1] * x + sigma[k + 1] * (z - alpha[k] * x) / sigma[k]).astype(np.float32)
+    return (x + 1) / 2
+
+
+def test_numpy_ddim_on_the_diffusion_graph_matches_the_models_own_sampler(runs: dict[str, Path]) -> None:
+    """Same starting noise: 4 DDIM steps in numpy + ORT land where ``Diffusion.sample`` lands.
+
+    Tolerance 1e-3 in [0, 1] pixels (a quarter of a uint8 level): each ORT call matches torch to ~1e-6 (< 1e-4
+    asserted above) and the grid's alpha/sigma are torch's float32 values; a v-prediction DDIM step only mixes
+    z and x̂ with coefficients <= 1 (sigma_next / sigma_t < 1, clipping is 1-Lipschitz), so 4 steps can at most
+    add up those per-call differences, orders of magnitude below 1e-3.
+    """
+    from genexp.models.diffusion import alpha_sigma
+
+    folder = runs["diffusion"] / "export"
+    usage = json.loads((folder / "model.json").read_text())["usage"]
+    model = load_any(runs["diffusion"] / "checkpoints" / "last.ckpt").model.eval()
+    assert usage["sample_steps"] == 4 and usage["image_shape"] == [1, 8, 8]
+    t = torch.tensor(usage["schedule"]["grid"]["t"])
+    assert t.tolist() == [1.0, 0.75, 0.5, 0.25, 0.0]
+    a, s = alpha_sigma(t)
+    assert np.allclose(usage["schedule"]["grid"]["alpha"], a.flatten().numpy(), atol=1e-7)
+    assert np.allclose(usage["schedule"]["grid"]["sigma"], s.flatten().numpy(), atol=1e-7)
+    expected = model.sample(6, seed=7).numpy()
+    noise = torch.randn((6, *model.image_shape), generator=torch.Generator().manual_seed(7)).numpy()  # sample()'s
+    session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = _numpy_ddim(session, usage, noise)
+    assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-3
+    int8 = _numpy_ddim(ort.InferenceSession(str(folder / "model.int8.onnx"), providers=["CPUExecutionProvider"]), usage, noise)
+    assert np.isfinite(int8).all() and 0 <= int8.min() and int8.max() <= 1
+
+
+def test_the_diffusion_graph_is_measured_through_onnxruntime(runs: dict[str, Path], tmp_path: Path) -> None:
+    """genexp-eval's loader installs the graph as both denoisers; the test stage's loss through ORT is the EMA
+    denoiser's torch loss on the same split; latency feeds both inputs."""
+    import copy
+    import dataclasses
+
+    from genexp.deploy.onnx_runtime import OrtModule
+    from genexp.report.measure_run import test_quality
+    from genexp.report.onnx_target import load_onnx
+
+    folder = runs["diffusion"] / "export"
+    info = json.loads((folder / "model.json").read_text())
+    through = load_onnx(folder / "model.onnx")
+    assert isinstance(through.model.net, OrtModule) and through.model.ema is through.model.net
+    quality = info["quality"]
+    for variant in ("torch", "fp32", "int8"):
+        assert {"test/loss", "test/images_per_s", "test/sample_steps"} <= set(quality[variant]), variant
+        assert quality[variant]["test/sample_steps"] == 4
+    loaded = load_any(runs["diffusion"])
+    ema = copy.deepcopy(loaded.model)
+    ema.net = ema.ema  # the torch loss of the denoiser that ships
+    cfg = compose_cfg("export", [f"target={runs['diffusion']}", *EXPORT_FAST], tmp_path / "q")
+    torch_ema = test_quality(dataclasses.replace(loaded, model=ema), cfg.trainer, [], verbose=False)
+    assert quality["fp32"]["test/loss"] == pytest.approx(torch_ema["test/loss"], rel=1e-4)
+    assert quality["int8"]["test/loss"] == pytest.approx(torch_ema["test/loss"], rel=0.2)
+    backends = {(r["backend"], r["batch_size"]) for r in info["latency"]["rows"]}
+    assert ("onnxruntime int8", 16) in backends and ("onnxruntime fp32", 1) in backends
 
 
 def test_eval_measures_an_onnx_graph_like_a_checkpoint(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -5,7 +5,9 @@
 - GAN: ``model.onnx``: the sampling generator (EMA when the run has one), ``z`` (batch, latent) -> ``images``
   in [-1, 1]; int8: static QDQ calibrated on noise batches (its input is noise);
 - VAE: ``model.onnx``: ``images`` in [0, 1] -> reconstruction ``logits``, ``mu``, ``logvar``; ``decoder.onnx``:
-  ``z`` -> ``logits``; int8: static QDQ calibrated on training images (the decoder on their posterior means).
+  ``z`` -> ``logits``; int8: static QDQ calibrated on training images (the decoder on their posterior means);
+- Diffusion: ``model.onnx``: the EMA denoiser, ``z_t`` (batch, C, H, W) and ``t`` (batch,) -> ``v`` or ``eps``;
+  int8: static QDQ calibrated on training images noised at random times (``genexp.onnx_diffusion``).
 
 ``install_graphs`` makes a rebuilt model compute through ONNX Runtime sessions of these graphs (``OrtModule``
 shims in place of its deployable's parts), so its own test step measures them on the same split.
@@ -18,10 +20,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from genexp import onnx_diffusion
 from genexp.deploy.onnx_export import Family, Graph, float_copy
 from genexp.deploy.onnx_runtime import OrtModule
 from genexp.errors import GenexpError
 from genexp.models.base import GenerativeModule
+from genexp.models.diffusion import Diffusion
 from genexp.models.gan import GAN
 from genexp.models.gpt import GPT
 from genexp.models.vae import VAE
@@ -60,12 +64,16 @@ def graphs_of(model: GenerativeModule, batch_size: int = 2) -> list[Graph]:
             Graph("model", full, (x,), ["images"], outputs, {name: batch for name in ["images", *outputs]}),
             Graph("decoder", full.decoder, (z,), ["z"], ["logits"], {"z": batch, "logits": batch}),
         ]
-    raise GenexpError(f"target: genexp-export knows the GPT, GAN and VAE families, not {type(model).__name__}")
+    if isinstance(model, Diffusion):
+        return onnx_diffusion.graphs(model, batch_size)
+    raise GenexpError(
+        f"target: genexp-export knows the GPT, GAN, VAE and diffusion families, not {type(model).__name__}"
+    )
 
 
 def exportable(model: GenerativeModule) -> bool:
     """True for the families ``genexp-export`` writes graphs for (a user's own model is measured in torch only)."""
-    return isinstance(model, (GPT, GAN, VAE))
+    return isinstance(model, (GPT, GAN, VAE, Diffusion))
 
 
 def usage_of(model: GenerativeModule) -> dict[str, Any]:
@@ -88,6 +96,8 @@ def usage_of(model: GenerativeModule) -> dict[str, Any]:
             "how": "z ~ N(0, 1) float32 (batch, latent_dim) -> images (batch, C, H, W) in [-1, 1]; "
             "pixels in [0, 1] = (images + 1) / 2",
         }
+    if isinstance(model, Diffusion):
+        return onnx_diffusion.usage(model)
     assert isinstance(model, VAE)
     squash = "sigmoid(logits)" if model.likelihood == "bernoulli" else "clip(logits, 0, 1)"
     return {
@@ -101,9 +111,11 @@ def usage_of(model: GenerativeModule) -> dict[str, Any]:
     }
 
 
-def input_batches(model: GenerativeModule, datamodule: Any, count: int, batch_size: int) -> list[torch.Tensor]:
-    """``count`` batches for the main graph: the run's validation windows (GPT) or training images (VAE), noise
-    for the GAN (and where the data module is absent)."""
+def input_batches(model: GenerativeModule, datamodule: Any, count: int, batch_size: int) -> list[Any]:
+    """``count`` batches for the main graph: the run's validation windows (GPT) or training images (VAE; noised
+    ``(z_t, t)`` pairs for diffusion), noise for the GAN (and where the data module is absent)."""
+    if isinstance(model, Diffusion):
+        return onnx_diffusion.input_batches(model, datamodule, count, batch_size)
     if isinstance(model, (GPT, VAE)) and datamodule is not None:
         datamodule.setup("fit")
         loader = datamodule.val_dataloader() if isinstance(model, GPT) else datamodule.train_dataloader()
@@ -142,16 +154,17 @@ def family_of(model: GenerativeModule, datamodule: Any = None) -> Family:
         model=type(model).__name__,
         graphs=lambda batch: graphs_of(model, batch),
         inputs=lambda count, batch: input_batches(model, datamodule, count, batch),
-        feeds=_feeds,
+        feeds=onnx_diffusion.feeds if isinstance(model, Diffusion) else _feeds,
         int8="dynamic" if isinstance(model, GPT) else "static",
         usage=usage_of(model),
         text=text,
+        static_options=onnx_diffusion.STATIC_INT8 if isinstance(model, Diffusion) else {},
     )
 
 
 def install_graphs(model: GenerativeModule, sessions: dict[str, Any]) -> GenerativeModule:
     """Make ``model`` compute through ONNX Runtime: its deployable's parts replaced by ``OrtModule`` shims of
-    ``sessions`` (by graph stem: ``model``, and ``decoder`` for the VAE)."""
+    ``sessions`` (by graph stem: ``model``, and ``decoder`` for the VAE; both denoisers of a Diffusion)."""
     if isinstance(model, GPT):
         model.net = OrtModule(sessions["model"])
     elif isinstance(model, GAN):
@@ -162,6 +175,8 @@ def install_graphs(model: GenerativeModule, sessions: dict[str, Any]) -> Generat
     elif isinstance(model, VAE):
         model.net.encoder = OrtModule(sessions["model"], outputs=(1, 2))
         model.net.decoder = OrtModule(sessions["decoder"])
+    elif isinstance(model, Diffusion):
+        onnx_diffusion.install(model, sessions)
     else:
         raise GenexpError(f"target: no ONNX graphs for a {type(model).__name__}")
     return model

@@ -11,7 +11,9 @@ and a dynamic sequence axis for the GPT's tokens and logits:
 - GAN: ``model.onnx``: the sampling generator (EMA when the run has one), ``z`` float32 (batch, latent) ->
   ``images`` float32 (batch, C, H, W) in [-1, 1];
 - VAE: ``model.onnx``: ``images`` in [0, 1] -> ``logits`` of the reconstruction from the posterior mean,
-  ``mu`` and ``logvar``; ``decoder.onnx``: ``z`` -> ``logits`` (samples: sigmoid of the logits).
+  ``mu`` and ``logvar``; ``decoder.onnx``: ``z`` -> ``logits`` (samples: sigmoid of the logits);
+- Diffusion: ``model.onnx``: the EMA denoiser, ``z_t`` float32 (batch, C, H, W) and ``t`` float32 (batch,) ->
+  its prediction ``v`` or ``eps`` (batch, C, H, W).
 
 The network exported is a float copy of ``deployable()``: pruning folded into plain weights (a checkpoint
 already holds them), a torch int8 artifact dequantized, hooks removed.
@@ -48,7 +50,7 @@ class Family:
     batch)`` batches for the main graph's input from the run's data (calibration and the int8 check);
     ``feeds(graph, batches)`` those batches as that graph's feeds; ``int8`` the ONNX Runtime method (``dynamic``
     or ``static``); ``usage`` what model.json says about sampling; ``text`` ``(prompt ids, block_size)`` for
-    generation throughput, or None.
+    generation throughput, or None; ``static_options`` narrow the static int8 (``onnx_quantize.quantize_graph``).
     """
 
     name: str
@@ -59,6 +61,7 @@ class Family:
     int8: str
     usage: dict[str, Any]
     text: tuple[Any, int] | None = None
+    static_options: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -95,7 +95,9 @@ def _write(
         files[graph.file] = {**io_of(path), **initializer_counts(path), "bytes": path.stat().st_size, "precision": "fp32"}
         if quantize == "int8":
             feeds = family.feeds(graph, batches, graphs)
-            recipe = quantize_graph(path, folder / graph.int8_file(), family.int8, feeds[0], feeds, tolerance)
+            recipe = quantize_graph(
+                path, folder / graph.int8_file(), family.int8, feeds[0], feeds, tolerance, family.static_options
+            )
             int8 = folder / graph.int8_file()
             files[int8.name] = {**io_of(int8), **initializer_counts(int8), "bytes": int8.stat().st_size, "precision": "int8", "quantization": recipe}
     return {
@@ -128,7 +130,8 @@ def latency_table(
     for batch in sorted({1, batch_size}):
         example = family.graphs(batch)[0].example
         calls = {"torch fp32 eager": torch_call(main.module, example)}
-        calls.update({name: session_call(s, {main.inputs[0]: example[0].numpy()}) for name, s in sessions.items()})
+        feeds = {name: x.numpy() for name, x in zip(main.inputs, example, strict=True)}
+        calls.update({name: session_call(s, feeds) for name, s in sessions.items()})
         for name, numbers in interleaved_latency(calls, repeats, warmup, rounds).items():
             rows.append({"backend": name, "batch_size": batch, **numbers})
     for row in rows:
