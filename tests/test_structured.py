@@ -105,3 +105,20 @@ def test_a_structured_run_resumes_evaluates_quantizes_and_exports(tmp_path: Path
     assert json.loads((resumed / "metrics.json").read_text())["val/loss"] > 0
     info = export(compose_cfg("export", [f"target={resumed}", "measure=false", "calibration_batches=1"], tmp_path / "x"))
     assert info["graphs"]["model.onnx"]["params"] < 0.8 * dense_params
+
+
+def test_a_gan_with_an_ema_generator_trains_under_the_gates_and_ships_smaller(tmp_path: Path) -> None:
+    """experiment=gan_digits prunes its EMA generator: the gates' buffers there must not break the EMA update."""
+    from genexp.train import train
+
+    cfg = compose_cfg("train", [*FAST, "model=gan", "model.ema_decay=0.9", "model.g_channels=8", "model.d_channels=8",
+                                "model.latent_dim=8", "logger=csv", "trainer.max_epochs=3", "compression=[prune]",
+                                "compression.prune.method=ln_structured", "compression.prune.start_epoch=0",
+                                "compression.prune.end_epoch=1", "compression.prune.latency_repeats=0"], tmp_path / "gan")
+    train(cfg)  # epoch 2 updates the EMA generator while its channels are gated
+    report = json.loads((tmp_path / "gan" / "compression.json").read_text())
+    assert report["removed"] and report["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
+    slim = load_any(tmp_path / "gan" / "checkpoints" / "last.ckpt").model
+    assert sum(p.numel() for p in slim.deployable().parameters()) < 0.6 * sum(
+        p.numel() for p in Generator((1, 16, 16), 8, 8).parameters()
+    )

@@ -267,8 +267,9 @@ class GAN(GenerativeModule):
         decay = min(self.ema_decay, (1 + self.g_updates) / (10 + self.g_updates))  # warm-up
         for ema, param in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
             ema.lerp_(param, 1 - decay)
-        for ema, buf in zip(self.generator_ema.buffers(), self.generator.buffers(), strict=True):
-            ema.copy_(buf)
+        ema_buffers = dict(self.generator_ema.named_buffers())  # structured pruning's gates add buffers there
+        for name, buf in self.generator.named_buffers():
+            ema_buffers[name].copy_(buf)
 
     def configure_optimizers(self) -> list[dict[str, Any]]:
         total = int(self.trainer.estimated_stepping_batches)
