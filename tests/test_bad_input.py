@@ -12,6 +12,8 @@ import torch
 
 from conftest import FAST, run_cli, run_dirs
 
+pytestmark = pytest.mark.xdist_group("bad_input")  # one worker builds the module's shared runs
+
 TRAIN, EVAL = "genexp.train", "genexp.evaluate"
 GPT = ["model=gpt", "data=text", "data.path=small.txt", "model.n_layer=1", "model.n_embd=16", "model.n_head=2",
        "data.block_size=8", "data.batch_size=4"]

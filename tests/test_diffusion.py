@@ -17,6 +17,8 @@ from genexp.models.unet import UNet
 from genexp.rebuild import load_deployable
 from genexp.train import train
 
+pytestmark = pytest.mark.xdist_group("diffusion")  # one worker builds the module's shared runs
+
 TINY = [
     "model=diffusion",
     "model.channels=8",

@@ -26,6 +26,8 @@ from genexp.models.vae import VAE
 from genexp.rebuild import load_checkpoint
 from genexp.train import train
 
+pytestmark = pytest.mark.xdist_group("distill")  # one worker builds the module's shared runs
+
 QUIET = [*FAST, "test=false", "model.sample_every_n_epochs=0", "logger=csv"]
 SMALL_VAE = ["model.hidden_channels=8", "model.latent_dim=4"]
 TINY_GPT = [

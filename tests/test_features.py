@@ -16,6 +16,8 @@ from genexp.metrics.callback import SampleQuality
 from genexp.metrics.features import DomainFeatures, InceptionFeatures, load_or_train_classifier
 from genexp.metrics.scores import QualityScorer, kl_divergence
 
+pytestmark = pytest.mark.xdist_group("features")  # one worker builds the module's shared runs
+
 # ++: trainer/default.yaml has no limit_*_batches keys, so FAST's plain overrides cannot apply
 FAST = ["++" + o for o in _FAST]
 

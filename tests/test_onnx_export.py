@@ -20,6 +20,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from conftest import CONF, FAST, REPO, run_cli
 from genexp.rebuild import load_any
 
+pytestmark = pytest.mark.xdist_group("onnx_export")  # one worker builds the module's shared runs
+
 PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
 TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\nO Romeo, Romeo, wherefore art thou?\n") * 40
 RUNS = {

@@ -23,6 +23,8 @@ from genexp.report.family import compression_of
 from genexp.report.measure_run import SpeedSettings
 from genexp.report.pareto import frontier
 
+pytestmark = pytest.mark.xdist_group("report")  # one worker builds the module's shared runs
+
 TINY = [
     *FAST,
     "trainer.limit_val_batches=1",

@@ -15,6 +15,7 @@ from rank_probe import probe_overrides, read_probes
 
 pytestmark = [
     pytest.mark.slurm,
+    pytest.mark.xdist_group("slurm"),  # one job at a time on the 2-CPU node
     pytest.mark.slow,
     pytest.mark.skipif(not has_sinfo(), reason="no SLURM cluster: sinfo does not answer (CI starts one)"),
 ]
