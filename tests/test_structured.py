@@ -119,6 +119,9 @@ def test_a_gan_with_an_ema_generator_trains_under_the_gates_and_ships_smaller(tm
     report = json.loads((tmp_path / "gan" / "compression.json").read_text())
     assert report["removed"] and report["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
     slim = load_any(tmp_path / "gan" / "checkpoints" / "last.ckpt").model
+    # G trained under the same gates as its EMA copy, and lost the same channels: the EMA can keep following it
+    shapes = {name: p.shape for name, p in slim.generator.named_parameters()}
+    assert shapes == {name: p.shape for name, p in slim.generator_ema.named_parameters()}
     assert sum(p.numel() for p in slim.deployable().parameters()) < 0.6 * sum(
         p.numel() for p in Generator((1, 16, 16), 8, 8).parameters()
     )

@@ -37,7 +37,8 @@ class UnitPruningCallback(PruningCallback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         if stage == "fit":
-            self.units.setup(deployable_of(pl_module), example_input_of(pl_module, 2))
+            source = getattr(pl_module, "trained_source", lambda: None)()
+            self.units.setup(deployable_of(pl_module), example_input_of(pl_module, 2), [source] if source else [])
             log.info("Structured pruning of %d unit groups: %s", len(self.units.groups), self.units.report())
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

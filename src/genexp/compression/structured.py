@@ -257,10 +257,13 @@ class UnitPruner:
         self.removed = False  # the network is already the smaller one (a resumed, finished run)
         self._graph: Any = None
         self.root: nn.Module | None = None
+        self.mirrors: list[nn.Module] = []
         self._restored: dict[str, torch.Tensor] | None = None
 
-    def setup(self, root: nn.Module, example: Any) -> None:
-        self.root = root
+    def setup(self, root: nn.Module, example: Any, mirrors: list[nn.Module] | tuple[()] = ()) -> None:
+        """Find ``root``'s unit groups; ``mirrors`` (the network an EMA ``root`` follows) get the same gates and
+        removals."""
+        self.root, self.mirrors = root, list(mirrors)
         self.groups = find_unit_groups(root, example)
         self._graph = dependency_graph(root, example)
 
@@ -282,7 +285,9 @@ class UnitPruner:
         for g in self.groups:
             if g.name in pruned:
                 g.pruned = pruned[g.name].bool().cpu().clone()
-            set_gates(self.root, consumer_masks(self.root, self._graph, g))
+            masks = consumer_masks(self.root, self._graph, g)
+            for net in (self.root, *self.mirrors):
+                set_gates(net, masks)
 
     def restore(self) -> None:
         if self._restored is not None and not self.removed:
@@ -295,6 +300,8 @@ class UnitPruner:
         return sum(int(g.pruned.sum()) for g in self.groups) / total if total else 0.0
 
     def remove(self, example: Any) -> dict[str, Any]:
+        for mirror in self.mirrors:
+            remove_units(mirror, self.groups, example)
         record = remove_units(self.root, self.groups, example)
         self.removed = True
         return record

@@ -79,6 +79,11 @@ class GenerativeModule(L.LightningModule):
         """The sub-network that ships (and that compression prunes, quantizes and measures)."""
         raise NotImplementedError
 
+    def trained_source(self) -> nn.Module | None:
+        """The network that trains when ``deployable()`` is its EMA copy (GAN, diffusion), else None: structured
+        pruning gates and removes the same units there, so it fine-tunes under the gates and its EMA keeps up."""
+        return None
+
     def example_input(self, batch_size: int) -> Any:
         """A fixed input for ``deployable()``: used to measure latency and to calibrate quantization."""
         raise NotImplementedError

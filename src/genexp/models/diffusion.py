@@ -204,6 +204,9 @@ class Diffusion(GenerativeModule):
     def deployable(self) -> nn.Module:
         return self.sampler()
 
+    def trained_source(self) -> nn.Module | None:
+        return self.net if self.ema is not None else None
+
     def example_input(self, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(z_t, t)``: noisy images and times in [0, 1], the denoiser's two inputs."""
         generator = torch.Generator().manual_seed(0)

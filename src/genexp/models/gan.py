@@ -297,13 +297,9 @@ class GAN(GenerativeModule):
         fake_logits = self.discriminator(self.generator(self.noise(n)))
         real_logits = self.discriminator(real)
         g_loss = self.g_loss(fake_logits)
-        logs = {
-            f"{stage}/loss": g_loss,  # G's loss: lower means G fools the current D more (a monitor, not FID)
-            f"{stage}/g_loss": g_loss,
-            f"{stage}/d_loss": self.d_loss(real_logits, fake_logits),
-            f"{stage}/d_real": self.d_score(real_logits),
-            f"{stage}/d_fake": self.d_score(fake_logits),
-        }
+        d_loss = self.d_loss(real_logits, fake_logits)  # loss: G's (lower: G fools the current D more), not FID
+        logs = {f"{stage}/loss": g_loss, f"{stage}/g_loss": g_loss, f"{stage}/d_loss": d_loss}
+        logs |= {f"{stage}/d_real": self.d_score(real_logits), f"{stage}/d_fake": self.d_score(fake_logits)}
         self.log_dict(logs, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
 
     def validation_step(self, batch: Any, batch_idx: int) -> None:
@@ -337,6 +333,9 @@ class GAN(GenerativeModule):
 
     def deployable(self) -> nn.Module:
         return self.sampler()
+
+    def trained_source(self) -> nn.Module | None:
+        return self.generator if self.generator_ema is not None else None
 
     def example_input(self, batch_size: int) -> torch.Tensor:
         return torch.randn(batch_size, self.latent_dim, generator=torch.Generator().manual_seed(0))
