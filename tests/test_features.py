@@ -113,3 +113,25 @@ def test_cli_missing_inception_weights_is_a_clear_error(cli) -> None:
     assert "callbacks.sample_quality.inception_weights" in result.stderr
     assert "/no/such/inception.pth" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_every_model_scored_draws_the_same_noise_and_the_global_rng_is_left_alone() -> None:
+    """Rows of a comparison (torch vs ONNX, dense vs pruned) differ by their models, not by their noise."""
+    from genexp.models.gan import GAN
+
+    class Stub:
+        def score(self, samples: torch.Tensor) -> dict[str, float]:
+            return {"sum": float(samples.sum())}
+
+    callback = SampleQuality(seed=3, num_samples=8)
+    callback.scorer = lambda trainer, stage: Stub()  # type: ignore[method-assign]
+    model = GAN(image_shape=(1, 8, 8), latent_dim=4, g_channels=4, d_channels=4)
+    first = callback.measure(None, model, "test")  # type: ignore[arg-type]
+    state = torch.random.get_rng_state()
+    torch.randn(5)  # the global stream moves on between two scorings
+    assert callback.measure(None, model, "test") == first  # type: ignore[arg-type]
+    torch.random.set_rng_state(state)
+    expected = torch.randn(5)
+    torch.random.set_rng_state(state)
+    callback.measure(None, model, "test")  # type: ignore[arg-type]
+    assert torch.equal(torch.randn(5), expected)  # scoring did not consume the global stream

@@ -33,7 +33,8 @@ class SampleQuality(Callback):
 
     Args:
         cache_dir: where the domain classifier is cached (``paths.data_dir``).
-        seed: the classifier's seed (the run's seed).
+        seed: the classifier's seed (the run's seed), and the seed of the sampling noise: every model scored
+            draws the same noise, so rows of a comparison differ by their models only.
         num_samples: how many samples are scored (and real train images for the floor).
         every_n_epochs: also score against the validation split every N epochs during fit (0: never).
         inception_weights: path to local Inception-v3 FID weights; null uses the domain classifier.
@@ -103,7 +104,8 @@ class SampleQuality(Callback):
             return {}
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad():
+        with torch.no_grad(), torch.random.fork_rng():  # the same noise for every model scored: rows compare models
+            torch.manual_seed(self.seed)
             samples = pl_module.sample(self.num_samples)
         pl_module.train(was_training)
         if not isinstance(samples, torch.Tensor) or samples.dim() != 4:
