@@ -222,3 +222,18 @@ def test_config_error_survives_pickling() -> None:
 
     err = pickle.loads(pickle.dumps(ConfigError("trainer.devices", 3, "2")))
     assert (err.key, err.value, str(err)) == ("trainer.devices", 3, "trainer.devices=3: expected 2")
+
+
+@pytest.mark.parametrize("flags,warned", [(["avx2"], True), (["avx2", "avx512f", "avx512_bf16"], False)])
+def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(monkeypatch, caplog, flags, warned) -> None:
+    from omegaconf import OmegaConf
+
+    from genexp import validation
+    from genexp.deploy import latency
+
+    monkeypatch.setattr(latency, "cpu_flags", lambda: flags)
+    monkeypatch.setattr(validation, "_cuda_devices", lambda: 0)
+    cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": "bf16-mixed", "devices": 1}})
+    with caplog.at_level("WARNING", logger="genexp.validation"):
+        validation.check_hardware(cfg)
+    assert ("bf16 is emulated" in caplog.text) is warned
