@@ -323,3 +323,18 @@ def test_gpt_sweep_recipe_is_eight_runs_and_int8_compounds_with_pruning(tmp_path
     compared, training = table.split("## Training cost")  # then each run's own training cost, 8 rows again
     assert compared.count("prune 0.9 + quantize ptq int8_weight_only") == 1 and compared.count("\n| ") == 9
     assert training.count("\n| ") == 9 and "train s" in training
+
+
+def test_only_compressed_rows_are_flagged_slower_than_their_dense_baseline() -> None:
+    """An optimizer study compares dense runs of one network: timing noise between them is not a slowdown."""
+    from genexp.report.compare import flag_slower
+
+    rows = [
+        {"dense": True, "backend": "torch", "latency_ms": 1.00},
+        {"dense": True, "backend": "torch", "latency_ms": 1.04},  # another dense run, timed a little slower
+        {"dense": False, "backend": "torch", "latency_ms": 1.20},  # compressed and slower
+        {"dense": False, "backend": "torch", "latency_ms": 0.80},  # compressed and faster
+    ]
+    flag_slower(rows)
+    assert [row["slower_than_dense"] for row in rows] == [False, False, True, False]
+    assert rows[2]["dense_latency_ratio"] == pytest.approx(1.2)

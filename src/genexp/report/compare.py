@@ -182,7 +182,8 @@ def flag_slower(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         base = dense.get(row.get("backend", "torch"))
         row["dense_latency_ratio"] = row["latency_ms"] / base["latency_ms"] if base else None
-        row["slower_than_dense"] = bool(base is not None and base is not row and row["latency_ms"] > base["latency_ms"])
+        compressed = base is not None and base is not row and not row.get("dense")  # dense rows: the same network
+        row["slower_than_dense"] = bool(compressed and row["latency_ms"] > base["latency_ms"])
 
 
 def _check_one_family(loaded: list[Loaded], key: str) -> None:
