@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import tempfile
 from functools import partial
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def _fit(model: GAN, callbacks: list[Callback], epochs: int = 2, batches: int = 
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
+        default_root_dir=tempfile.mkdtemp(prefix="genexp-gan-"),  # samples.png goes there, not into the checkout
     )
     trainer.fit(model, datamodule=_Digits())
     return trainer
