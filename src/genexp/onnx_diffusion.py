@@ -80,27 +80,6 @@ def noised(images: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tens
     return a * x + s * torch.randn(x.shape, generator=generator), t
 
 
-def input_batches(model: Diffusion, datamodule: Any, count: int, batch_size: int) -> list[tuple[torch.Tensor, ...]]:
-    """``count`` ``(z_t, t)`` batches: the run's training images noised at random times (uniform images where
-    the data module is absent)."""
-    generator = torch.Generator().manual_seed(1)
-    images: list[torch.Tensor] = []
-    if datamodule is not None:
-        datamodule.setup("fit")
-        for batch in datamodule.train_dataloader():
-            images.append(batch[0][:batch_size].cpu())
-            if len(images) == count:
-                break
-    if not images:
-        images = [torch.rand(batch_size, *model.image_shape, generator=generator) for _ in range(count)]
-    return [noised(b, generator) for b in images]
-
-
-def feeds(graph: Graph, batches: list[tuple[torch.Tensor, ...]], graphs: list[Graph]) -> list[dict[str, Any]]:
-    """``(z_t, t)`` batches as the denoiser's feeds."""
-    return [{name: x.numpy() for name, x in zip(graph.inputs, batch, strict=True)} for batch in batches]
-
-
 def install(model: Diffusion, sessions: dict[str, Any]) -> Diffusion:
     """The raw and EMA denoiser of ``model`` replaced by the ``model`` graph's session."""
     shim = OrtModule(sessions["model"])

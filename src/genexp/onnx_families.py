@@ -114,9 +114,16 @@ def usage_of(model: GenerativeModule) -> dict[str, Any]:
 def input_batches(model: GenerativeModule, datamodule: Any, count: int, batch_size: int) -> list[Any]:
     """``count`` batches for the main graph: the run's validation windows (GPT) or training images (VAE; noised
     ``(z_t, t)`` pairs for diffusion), noise for the GAN (and where the data module is absent)."""
+    batches = _data_batches(model, datamodule, count, batch_size)
     if isinstance(model, Diffusion):
-        return onnx_diffusion.input_batches(model, datamodule, count, batch_size)
-    if isinstance(model, (GPT, VAE)) and datamodule is not None:
+        generator = torch.Generator().manual_seed(1)
+        return [onnx_diffusion.noised(images, generator) for images in batches]
+    return batches
+
+
+def _data_batches(model: GenerativeModule, datamodule: Any, count: int, batch_size: int) -> list[torch.Tensor]:
+    images = isinstance(model, (VAE, Diffusion))
+    if (images or isinstance(model, GPT)) and datamodule is not None:
         datamodule.setup("fit")
         loader = datamodule.val_dataloader() if isinstance(model, GPT) else datamodule.train_dataloader()
         batches = []
@@ -127,19 +134,23 @@ def input_batches(model: GenerativeModule, datamodule: Any, count: int, batch_si
         if batches:
             return batches
     generator = torch.Generator().manual_seed(1)
-    if isinstance(model, VAE):
-        return [torch.rand(batch_size, *model.image_shape, generator=generator) for _ in range(count)]
+    if images:
+        return [torch.rand(batch_size, *model.image_shape, generator=generator) for _ in range(count)]  # type: ignore[attr-defined]
     if isinstance(model, GPT):
         return [model.example_input(batch_size).cpu() for _ in range(count)]
     return [torch.randn(batch_size, model.latent_dim, generator=generator) for _ in range(count)]  # type: ignore[attr-defined]
 
 
-def _feeds(graph: Graph, batches: list[torch.Tensor], graphs: list[Graph]) -> list[dict[str, Any]]:
-    """Feeds of ``graph`` for main-graph ``batches`` (the VAE decoder takes the encoder's posterior means)."""
+def _feeds(graph: Graph, batches: list[Any], graphs: list[Graph]) -> list[dict[str, Any]]:
+    """Feeds of ``graph`` for main-graph ``batches``: a tensor, or a tuple of one per input (the diffusion
+    denoiser's ``(z_t, t)``); the VAE decoder takes the encoder's posterior means."""
     if graph.stem == "decoder":
         with torch.inference_mode():
             return [{"z": graphs[0].module(b)[1].numpy()} for b in batches]
-    return [{graph.inputs[0]: b.numpy()} for b in batches]
+    return [
+        {name: x.numpy() for name, x in zip(graph.inputs, b if isinstance(b, tuple) else (b,), strict=True)}
+        for b in batches
+    ]
 
 
 def family_of(model: GenerativeModule, datamodule: Any = None) -> Family:
@@ -154,7 +165,7 @@ def family_of(model: GenerativeModule, datamodule: Any = None) -> Family:
         model=type(model).__name__,
         graphs=lambda batch: graphs_of(model, batch),
         inputs=lambda count, batch: input_batches(model, datamodule, count, batch),
-        feeds=onnx_diffusion.feeds if isinstance(model, Diffusion) else _feeds,
+        feeds=_feeds,
         int8="dynamic" if isinstance(model, GPT) else "static",
         usage=usage_of(model),
         text=text,
