@@ -13,7 +13,8 @@ split; GPT generation tokens/s for 256 new tokens. The CPU, its int8/bf16 flags 
 ``--train FAMILY`` trains two runs with genexp-train: the family's recipe (``experiment=gpt_shakespeare_cpu``,
 ``experiment=gan_digits``, the default VAE) and the same with ``compression=[prune]
 compression.prune.method=ln_structured final_sparsity=0.5`` on the cubic schedule (heads, MLP units and conv
-channels removed at fit end). Timings under load are worthless: run it on a quiet machine.
+channels removed at fit end; the GPT with ``scope=layer``: half the heads and half the MLP units of each block).
+GPT graphs are exported with the fused attention op (``genexp-export``'s default ``fused_attention=true``). Timings under load are worthless: run it on a quiet machine.
 """
 
 from __future__ import annotations
@@ -55,12 +56,15 @@ PRUNE = [
 QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
          "compression.prune.start_epoch=0", "compression.prune.end_epoch=0", "callbacks.sample_quality=null"]
 BATCH = {"gpt": 16, "gan": 64, "vae": 64}
+# The GPT's heads own 16k weights each and its MLP units 256: one global ranking prunes MLP units only, so each
+# block loses half of its heads and half of its MLP units (``scope=layer``); conv channels rank globally.
+PRUNE_SCOPE = {"gpt": ["compression.prune.scope=layer"], "gan": [], "vae": []}
 
 
 def train(family: str, overrides: list[str], quick: bool, root: Path) -> list[Path]:
     """The dense and the 50% structured run of ``family`` (genexp-train in a subprocess)."""
     runs = []
-    for name, extra in (("dense", []), ("structured50", PRUNE)):
+    for name, extra in (("dense", []), ("structured50", PRUNE + PRUNE_SCOPE[family])):
         run = root / f"{family}_{name}"
         args = [*RECIPES[family], *overrides, *extra, f"hydra.run.dir={run}", "callbacks.progress_bar=null"]
         if quick:

@@ -284,6 +284,7 @@ def test_bad_onnx_files_are_refused_by_eval(runs: dict[str, Path], tmp_path: Pat
     [
         (["quantize=int4"], "quantize='int4': expected one of ['none', 'int8']"),
         (["opset=40"], "opset=40: expected an ONNX opset in [14, 20]"),
+        (["fused_attention=maybe"], "fused_attention='maybe': expected true or false"),
     ],
 )
 def test_bad_export_settings_change_nothing(runs: dict[str, Path], tmp_path: Path, capsys, overrides, words) -> None:

@@ -15,7 +15,7 @@ from omegaconf import open_dict
 from conftest import FAST, run_dirs
 from genexp.errors import ConfigError
 from genexp.metrics.cost import TrainingCost, batch_size_of, percentile
-from genexp.models.gpt import Transformer
+from genexp.models.gpt import GPT, Transformer
 from genexp.train import train
 
 QUIET = [*FAST, "logger=csv", "callbacks.model_summary=null", "test=false", "model.num_samples=4"]
@@ -70,18 +70,55 @@ def test_low_bit_optimizer_is_refused_on_the_cpu(cli) -> None:
     assert lines[0].startswith("genexp: error: optimizer='adamw8bit'") and "CUDA GPU" in lines[0]
 
 
-def test_activation_checkpointing_gives_the_same_gradients() -> None:
+@pytest.mark.parametrize(
+    "overrides,fused",
+    [
+        (["trainer.precision=32-true"], True),  # the fused kernel: ~4x faster an AdamW step on the CPU
+        (["trainer.precision=bf16-mixed"], None),  # left to torch: Lightning refuses clipping with a self-unscaling optimizer
+        (["+optimizer.fused=false"], False),  # the config decides when it says
+        (["optimizer=rmsprop"], None),  # no fused kernel
+    ],
+)
+def test_optimizers_take_the_fused_kernel_where_it_works(compose_train, overrides: list[str], fused) -> None:
+    from genexp.build import build_datamodule, build_model, build_trainer
+
+    cfg = compose_train([*QUIET, *overrides, "trainer.gradient_clip_val=1.0", "trainer.max_steps=2"])
+    datamodule = build_datamodule(cfg)
+    model = build_model(cfg, datamodule)
+    trainer = build_trainer(cfg, callbacks=[], loggers=[])
+    trainer.fit(model, datamodule=datamodule)
+    assert trainer.global_step == 2 and trainer.optimizers[0].defaults.get("fused") == fused
+
+
+def test_activation_checkpointing_gives_the_same_gradients_and_keeps_less() -> None:
     torch.manual_seed(0)
     net = Transformer(vocab_size=11, block_size=8, n_layer=2, n_head=2, n_embd=16, dropout=0.0, bias=False)
     idx = torch.randint(11, (3, 8))
-    grads = []
-    for checkpointing in (False, True):
+    grads, kept = [], []
+    for mode in ("none", "mlp", "block"):
         net.zero_grad()
-        net.activation_checkpointing = checkpointing
-        net(idx).square().mean().backward()
+        net.activation_checkpointing = mode
+        saved: list[int] = []
+
+        def keep(t: torch.Tensor, saved: list[int] = saved) -> torch.Tensor:
+            saved.append(t.numel())
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            loss = net(idx).square().mean()
+        loss.backward()
         grads.append([p.grad.clone() for p in net.parameters()])
-    for plain, recomputed in zip(*grads, strict=True):
-        torch.testing.assert_close(plain, recomputed)
+        kept.append(sum(saved))
+    for plain, *recomputed in zip(*grads, strict=True):
+        for grad in recomputed:
+            torch.testing.assert_close(plain, grad)
+    assert kept[0] > kept[1] > kept[2]  # the MLP's hidden activations, then whole blocks, are not kept
+
+
+@pytest.mark.parametrize("value", [1, "all", None])
+def test_activation_checkpointing_refuses_what_it_does_not_know(value: object) -> None:
+    with pytest.raises(ConfigError, match="model.activation_checkpointing"):
+        GPT(activation_checkpointing=value)
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from genexp.build import build_callbacks
+from genexp.checks import boolean
 from genexp.deploy.onnx_export import check_opset, export_folder
 from genexp.deploy.onnx_package import check_quantize, write_package
 from genexp.deploy.onnx_runtime import open_session
@@ -49,6 +50,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         value = cfg.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(key, value, "a positive integer")
+    fused = boolean("fused_attention", cfg.get("fused_attention", True))
     target = cfg.get("target")
     if not target:
         raise ConfigError("target", target, "a run folder, a .ckpt or a torch artifact (<run>/quantized)")
@@ -58,7 +60,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     source = find_checkpoint(path, "target") if path.is_dir() and is_run_folder(path) else path
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
     loaded = load_any(source, key="target", data=data)  # type: ignore[arg-type]
-    family = family_of(loaded.model, loaded.datamodule)  # an unknown family fails before anything is written
+    family = family_of(loaded.model, loaded.datamodule, fused)  # an unknown family fails before anything is written
     base = Path(cfg.out) if cfg.get("out") else (loaded.run_dir or source.parent) / "export"
     folder = export_folder(base)
     L.seed_everything(cfg.seed, workers=True)

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from genexp import onnx_diffusion
+from genexp.deploy.onnx_attention import fuse_attention
 from genexp.deploy.onnx_export import Family, Graph, float_copy
 from genexp.deploy.onnx_runtime import OrtModule
 from genexp.errors import GenexpError
@@ -43,12 +44,15 @@ class _VAEGraph(nn.Module):
         return self.decoder(mu), mu, logvar
 
 
-def graphs_of(model: GenerativeModule, batch_size: int = 2) -> list[Graph]:
-    """The graphs ``model``'s family ships, on a float copy of its deployable (the main graph first)."""
+def graphs_of(model: GenerativeModule, batch_size: int = 2, fused_attention: bool = False) -> list[Graph]:
+    """The graphs ``model``'s family ships, on a float copy of its deployable (the main graph first);
+    ``fused_attention``: the GPT's attention as ONNX Runtime's fused op (``genexp.deploy.onnx_attention``)."""
     if isinstance(model, GPT):
         tokens = model.example_input(batch_size).cpu()
         axes = {0: "batch", 1: "sequence"}
         net = float_copy(model.deployable())
+        if fused_attention:
+            fuse_attention(net)
         return [Graph("model", net, (tokens,), ["tokens"], ["logits"], {"tokens": axes, "logits": axes})]
     if isinstance(model, GAN):
         z = model.example_input(batch_size).cpu()
@@ -153,8 +157,8 @@ def _feeds(graph: Graph, batches: list[Any], graphs: list[Graph]) -> list[dict[s
     ]
 
 
-def family_of(model: GenerativeModule, datamodule: Any = None) -> Family:
-    """The export description of ``model``'s family."""
+def family_of(model: GenerativeModule, datamodule: Any = None, fused_attention: bool = True) -> Family:
+    """The export description of ``model``'s family (``fused_attention``: see ``graphs_of``)."""
     graphs_of(model)  # an unknown family fails here, before anything is written
     text = None
     if isinstance(model, GPT):
@@ -163,7 +167,7 @@ def family_of(model: GenerativeModule, datamodule: Any = None) -> Family:
     return Family(
         name=type(model).__name__.lower(),
         model=type(model).__name__,
-        graphs=lambda batch: graphs_of(model, batch),
+        graphs=lambda batch: graphs_of(model, batch, fused_attention),
         inputs=lambda count, batch: input_batches(model, datamodule, count, batch),
         feeds=_feeds,
         int8="dynamic" if isinstance(model, GPT) else "static",

@@ -16,9 +16,14 @@ gated off during fit along the schedule, then removed at fit end, leaving a dens
 
 **During fit** a pruned unit is *gated*: a forward pre-hook on each consumer zeroes its input features, so the
 network computes exactly what the smaller one will (training still updates the other weights: the gradual
-schedule fine-tunes between steps). Counts are exact: ``round(sparsity * units)`` per group (``layer``) or over
-all groups (``global``, scores normalised by their group's mean), never a group's last unit. A unit's score is
-the L2 norm of all the weights it owns (torch-pruning's ``GroupMagnitudeImportance`` for channel groups).
+schedule fine-tunes between steps). Sparsity is the fraction of the *parameters* the units own, so a 50% GPT
+loses half of its block weights, not half of a unit count that its 512-weight MLP units would swamp next to its
+16k-weight heads. ``layer``: exactly ``round(sparsity * units)`` of each group (its units own the same number of
+weights each); ``global``: one ranking over all groups (scores normalised by their group's mean), lowest first,
+taking each unit that brings the pruned weights closer to ``sparsity`` of the total (a conv weight between two
+pruned channels counts with each: exact for the GPT, slightly over for conv chains). Never a group's last unit.
+A unit's score is the L2 norm of all the weights it owns (torch-pruning's ``GroupMagnitudeImportance`` for
+channel groups).
 
 **At fit end** ``remove_units`` cuts the gated units out (heads by genexp, channel groups by torch-pruning's
 ``group.prune``), sets each attention's ``n_head``, and returns the structure record (``n_head`` per attention
@@ -46,6 +51,7 @@ class UnitGroup:
     name: str  # the attention module, or the root layer, inside the deployable
     kind: str  # "heads" or "channels"
     size: int  # how many units
+    weights: int = 1  # parameters each unit owns (what removing one saves)
     pruned: torch.Tensor = field(default_factory=lambda: torch.zeros(0, dtype=torch.bool))
 
     def __post_init__(self) -> None:
@@ -65,11 +71,13 @@ def dependency_graph(root: nn.Module, example: Any) -> Any:
     """torch-pruning's dependency graph of ``root``, traced through autograd.
 
     Frozen parameters (an EMA copy: the GAN's and the diffusion model's deployable) leave no autograd graph to
-    trace, so they take gradients for the trace only.
+    trace, so they take gradients for the trace only; the trace switches the network to eval mode, and each
+    module's mode is put back (else a network pruned during fit would train with its BatchNorm frozen).
     """
     import torch_pruning as tp
 
     frozen = [p for p in root.parameters() if not p.requires_grad]
+    modes = [(m, m.training) for m in root.modules()]
     for p in frozen:
         p.requires_grad_(True)
     try:
@@ -78,6 +86,8 @@ def dependency_graph(root: nn.Module, example: Any) -> Any:
     finally:
         for p in frozen:
             p.requires_grad_(False)
+        for m, training in modes:
+            m.training = training
 
 
 def _handler(module: nn.Module) -> Any:
@@ -101,10 +111,34 @@ def _eligible(group: Any, root: nn.Module) -> bool:
     return bool(consumers)
 
 
+def _head_weights(attention: nn.Module) -> int:
+    qkv, proj = attention.qkv, attention.proj
+    d = proj.in_features // attention.n_head
+    return d * (3 * (qkv.in_features + (qkv.bias is not None)) + proj.out_features)
+
+
+def _channel_weights(group: Any, size: int) -> int:
+    """Parameters one of the ``size`` channels of a torch-pruning group owns: the root's row (and bias), each
+    consumer's columns (several per channel where a conv is flattened into a Linear), the norms' weight and bias."""
+    total, seen = 0, set()
+    for dep, _ in group:
+        module, out = dep.target.module, dep.handler.__name__ != "prune_in_channels"
+        if (id(module), out) in seen:
+            continue
+        seen.add((id(module), out))
+        if isinstance(module, LAYERS):
+            total += module.weight.numel() // size + (out and module.bias is not None)
+        elif out:  # a norm layer: one weight and one bias per channel
+            total += sum(1 for p in module.parameters(recurse=False) if p.dim() == 1)
+    return max(total, 1)
+
+
 def find_unit_groups(root: nn.Module, example: Any) -> list[UnitGroup]:
     """The head and channel groups of ``root`` (see the module docstring), by name."""
     names = {m: n for n, m in root.named_modules()}
-    groups = [UnitGroup(n, "heads", m.n_head) for n, m in root.named_modules() if _is_attention(m)]
+    groups = [
+        UnitGroup(n, "heads", m.n_head, _head_weights(m)) for n, m in root.named_modules() if _is_attention(m)
+    ]
     attention = {id(getattr(root.get_submodule(g.name), part)) for g in groups for part in ("qkv", "proj")}
     graph = dependency_graph(root, example)
     for module in root.modules():
@@ -113,7 +147,7 @@ def find_unit_groups(root: nn.Module, example: Any) -> list[UnitGroup]:
         width = module.out_features if isinstance(module, nn.Linear) else module.out_channels
         group = graph.get_pruning_group(module, _handler(module), [0])
         if _eligible(group, module) and not any(id(dep.target.module) in attention for dep, _ in group):
-            groups.append(UnitGroup(names[module], "channels", width))
+            groups.append(UnitGroup(names[module], "channels", width, _channel_weights(group, width)))
     return groups
 
 
@@ -136,8 +170,9 @@ def channel_scores(graph: Any, root: nn.Module, size: int) -> torch.Tensor:
 
 
 def choose(groups: list[UnitGroup], scores: dict[str, torch.Tensor], sparsity: float, scope: str) -> None:
-    """Mark the units to prune: exactly ``round(sparsity * units)`` (per group, or over all), lowest scores first,
-    units pruned before staying pruned, never a group's last unit."""
+    """Mark the units to prune, lowest scores first, units pruned before staying pruned, never a group's last
+    unit: ``round(sparsity * units)`` per group (``layer``), or over all groups (``global``) each unit that brings
+    the pruned parameters closer to ``sparsity`` of all the groups' parameters."""
     if scope == "layer":
         for g in groups:
             _prune_lowest(g, scores[g.name], min(round(sparsity * g.size), g.size - 1))
@@ -149,12 +184,16 @@ def choose(groups: list[UnitGroup], scores: dict[str, torch.Tensor], sparsity: f
         keep_one = int(torch.argmax(s))
         flat.append(s.index_fill(0, torch.tensor([keep_one]), math.inf))
         owners += [(g, i) for i in range(g.size)]
-    total = sum(g.size for g in groups)
-    count = min(round(sparsity * total), total - len(groups))
-    order = torch.argsort(torch.cat(flat), stable=True)[:count]
-    for index in order.tolist():
+    budget = sparsity * sum(g.size * g.weights for g in groups)
+    taken = sum(int(g.pruned.sum()) * g.weights for g in groups)
+    ranked = torch.cat(flat)
+    for index in torch.argsort(ranked, stable=True).tolist():
         group, unit = owners[index]
-        group.pruned[unit] = True
+        if group.pruned[unit] or not math.isfinite(float(ranked[index])):
+            continue
+        if taken + group.weights / 2 <= budget:  # nearer the budget with this unit than without it
+            group.pruned[unit] = True
+            taken += group.weights
 
 
 def _prune_lowest(group: UnitGroup, scores: torch.Tensor, count: int) -> None:
@@ -295,9 +334,9 @@ class UnitPruner:
         self._restored = None
 
     def fraction(self) -> float:
-        """Pruned units / all units (exact counts)."""
-        total = sum(g.size for g in self.groups)
-        return sum(int(g.pruned.sum()) for g in self.groups) / total if total else 0.0
+        """The parameters of the pruned units / those of all units."""
+        total = sum(g.size * g.weights for g in self.groups)
+        return sum(int(g.pruned.sum()) * g.weights for g in self.groups) / total if total else 0.0
 
     def remove(self, example: Any) -> dict[str, Any]:
         for mirror in self.mirrors:
@@ -308,7 +347,8 @@ class UnitPruner:
 
     def report(self) -> dict[str, Any]:
         return {
-            g.name: {"kind": g.kind, "units": g.size, "pruned": int(g.pruned.sum())} for g in self.groups
+            g.name: {"kind": g.kind, "units": g.size, "pruned": int(g.pruned.sum()), "weights_per_unit": g.weights}
+            for g in self.groups
         }
 
     def state_dict(self) -> dict[str, Any]:

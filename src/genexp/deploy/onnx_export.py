@@ -129,6 +129,7 @@ def export_graph(graph: Graph, path: Path, opset: int) -> Path:
                 opset_version=opset,
                 do_constant_folding=True,
                 dynamo=False,
+                custom_opsets={"com.microsoft": 1},  # onnx_attention's fused Attention, when the graph has it
             )
         onnx.checker.check_model(str(path))
     except Exception as err:  # noqa: BLE001 - any exporter failure means the same to the user

@@ -1,7 +1,8 @@
 """int8 ONNX graphs with ONNX Runtime's quantization tools, each checked against its fp32 graph before it is
 written.
 
-- ``dynamic`` (the GPT): ``quantize_dynamic`` on MatMul/Gemm: int8 weights (QInt8, per tensor), activations
+- ``dynamic`` (the GPT): ``quantize_dynamic`` on MatMul/Gemm and the fused Attention (``QAttention``): int8
+  weights (QInt8, per tensor), activations
   quantized per call from their own range; no calibration data.
 - ``static`` (the GAN and VAE convolutions): ``quantize_static`` in the QDQ format (Quantize/Dequantize pairs
   that ORT fuses into int8 kernels): per-channel int8 weights, uint8 activations whose ranges are
@@ -86,7 +87,7 @@ def quantize_graph(
     tmp = target.with_name(f".{target.name}.tmp")
     with _quiet():
         if method == "dynamic":
-            quantize_dynamic(source, tmp, op_types_to_quantize=["MatMul", "Gemm"], weight_type=QuantType.QInt8)
+            quantize_dynamic(source, tmp, op_types_to_quantize=["MatMul", "Gemm", "Attention"], weight_type=QuantType.QInt8)
             recipe = {"method": "dynamic", "ops": ["MatMul", "Gemm"], "weights": "int8 per tensor", "activations": "int8, dynamic"}
         else:
             reader = _Reader(calibration)

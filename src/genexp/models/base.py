@@ -33,6 +33,9 @@ from genexp.resize import STRUCTURE_KEY, conform
 from genexp.visual import image_grid, save_png
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+# torch optimizers with a fused kernel on the CPU and CUDA (the default CPU path is a per-tensor Python loop: the
+# baby GPT's AdamW step takes 8.9 ms that way, 2.2 ms fused).
+FUSED = (torch.optim.Adam, torch.optim.AdamW, torch.optim.SGD, torch.optim.Adagrad)
 CONFIG_KEY = "genexp_config"
 
 
@@ -154,7 +157,8 @@ class GenerativeModule(L.LightningModule):
         scheduler: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         """One optimizer and its optional Lightning scheduler dict, from the configured partials."""
-        optimizer = (factory or self.optimizer_factory)(params)
+        make = factory or self.optimizer_factory
+        optimizer = make(params, **self._fused(make))
         scheduler = self.scheduler_config if scheduler is None else scheduler
         if not scheduler or scheduler.get("scheduler") is None:
             return {"optimizer": optimizer}
@@ -167,6 +171,15 @@ class GenerativeModule(L.LightningModule):
         lr_scheduler = {k: v for k, v in scheduler.items() if k != "scheduler" and v is not None}
         lr_scheduler["scheduler"] = make(optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
+
+    def _fused(self, make: OptimizerFactory) -> dict[str, bool]:
+        """``fused=True`` for a torch optimizer that has the kernel, unless the config sets ``fused``/``foreach``,
+        or mixed precision runs (Lightning refuses gradient clipping with an optimizer that unscales itself)."""
+        keywords = getattr(make, "keywords", {})
+        if getattr(make, "func", make) not in FUSED or "fused" in keywords or "foreach" in keywords:
+            return {}
+        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+        return {"fused": True} if precision in ("32-true", "32") and self.device.type in ("cpu", "cuda") else {}
 
     def configure_optimizers(self) -> dict[str, Any]:
         return self.build_optimizer(self.optimizer_param_groups())

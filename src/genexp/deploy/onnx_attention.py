@@ -1,0 +1,87 @@
+"""Causal self-attention exported as ONNX Runtime's fused ``com.microsoft::Attention`` op.
+
+``torch.onnx`` writes ``scaled_dot_product_attention`` as some twenty small nodes per layer (the qkv MatMul, a
+Split, five Transposes, the causal mask built from Shape/Trilu/Where, Softmax, two MatMuls). ONNX Runtime's CPU
+``Attention`` kernel does the projection, the causal mask and the softmax in one node (``unidirectional=1``),
+and its dynamic int8 quantizer turns it into ``QAttention``. Measured on the baby GPT (2 AMD EPYC cores,
+AVX-512 VNNI): 7% faster at batch 16 x 64 and 16-25% at batch 1, dense and 50%-structured, fp32 and int8.
+
+``fuse_attention(net)`` swaps, in an export copy, every attention module that has ``n_head``, a fused ``qkv``
+Linear and a ``proj`` Linear (the GPT's ``CausalSelfAttention``, heads removed by structured pruning included)
+for ``FusedAttention``, which computes the same in torch and exports as the one op. The graph then needs ONNX
+Runtime (the op is in its ``com.microsoft`` domain, on every execution provider); ``fused_attention=false``
+in ``genexp-export`` keeps the portable standard-op graph.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+DOMAIN = "com.microsoft"
+
+
+class _Attention(torch.autograd.Function):
+    """Causal multi-head attention from packed qkv weights; exports as ``com.microsoft::Attention``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n_head: int) -> torch.Tensor:
+        B, T, _ = x.shape
+        width = weight.shape[1] // 3
+        q, k, v = (x @ weight + bias).split(width, dim=2)
+        q, k, v = (t.view(B, T, n_head, width // n_head).transpose(1, 2) for t in (q, k, v))
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return y.transpose(1, 2).reshape(B, T, width)
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, weight: Any, bias: Any, n_head: int) -> Any:
+        out = g.op(f"{DOMAIN}::Attention", x, weight, bias, num_heads_i=n_head, unidirectional_i=1)
+        sizes = x.type().sizes() or [None, None]
+        out.setType(x.type().with_sizes([*sizes[:2], weight.type().sizes()[1] // 3]))  # (batch, sequence, width)
+        return out
+
+
+class FusedAttention(nn.Module):
+    """An attention module's weights as the fused op wants them: ``(in, 3 * width)`` and a ``3 * width`` bias."""
+
+    def __init__(self, attention: nn.Module) -> None:
+        super().__init__()
+        qkv = attention.qkv
+        self.n_head = int(attention.n_head)
+        self.weight = nn.Parameter(qkv.weight.detach().t().contiguous(), requires_grad=False)
+        bias = qkv.bias.detach() if qkv.bias is not None else torch.zeros(qkv.out_features)
+        self.bias = nn.Parameter(bias.clone(), requires_grad=False)
+        self.proj = attention.proj
+        self.resid_dropout = getattr(attention, "resid_dropout", nn.Identity())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.resid_dropout(self.proj(_Attention.apply(x, self.weight, self.bias, self.n_head)))
+
+
+def _fusable(module: nn.Module) -> bool:
+    return (
+        isinstance(getattr(module, "n_head", None), int)
+        and isinstance(getattr(module, "qkv", None), nn.Linear)
+        and isinstance(getattr(module, "proj", None), nn.Linear)
+        and module.qkv.out_features == 3 * module.proj.in_features
+    )
+
+
+def fuse_attention(net: nn.Module) -> int:
+    """Swap every fusable attention module of ``net`` (an export copy) in place; returns how many."""
+    swaps = [(name, m) for name, m in net.named_modules() if name and _fusable(m)]
+    for name, module in swaps:
+        parent, _, child = name.rpartition(".")
+        setattr(net.get_submodule(parent) if parent else net, child, FusedAttention(module))
+    return len(swaps)
+
+
+def uses_fused_attention(path: Any) -> bool:
+    """True when the ONNX file at ``path`` holds a ``com.microsoft`` Attention node."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return any(node.domain == DOMAIN and node.op_type.endswith("Attention") for node in graph.node)
