@@ -61,6 +61,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=10, help="epochs of 200 steps")
+    parser.add_argument("--fused", action="store_true", help="AdamW(fused=True), the kernel genexp picks on 32-true")
     args = parser.parse_args()
     torch.manual_seed(12345)
     text = args.data.read_text(encoding="utf-8")
@@ -79,6 +80,7 @@ def main() -> None:
         [{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}],
         lr=1e-3,
         betas=(0.9, 0.99),
+        **({"fused": True} if args.fused else {}),
     )
     total, warmup, floor = args.epochs * steps_per_epoch, 100, 0.1
 

@@ -15,6 +15,7 @@ machine's load drifts over both alike, and the table shows medians and the ratio
 
     python benchmarks/train_cost.py                              # all three, 60 steps a run, 2 rounds
     python benchmarks/train_cost.py --only checkpointing --steps 30 --rounds 3
+    python benchmarks/train_cost.py --only checkpointing_b32 --variant block --rounds 3
     python benchmarks/train_cost.py --data /path/to/input.txt
 
 Gradient accumulation (``trainer.accumulate_grad_batches=k``) trades steps for memory the other way: k batches
@@ -130,6 +131,8 @@ def loop_only(data: Path, steps: int, accelerator: str = "cpu") -> list[str]:
 
 def compare(name: str, args: argparse.Namespace) -> None:
     title, base, variants = COMPARISONS[name]
+    if args.variant:  # the baseline stays: every ratio is against it
+        variants = [variants[0], *[v for v in variants[1:] if any(key in v[0] for key in args.variant)]]
     results: dict[str, list[dict[str, float]]] = {label: [] for label, _ in variants}
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else variants[::-1]
@@ -160,6 +163,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=60, help="training steps per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per comparison")
     parser.add_argument("--only", choices=sorted(COMPARISONS), action="append", help="run only these")
+    parser.add_argument("--variant", action="append", help="only the variants whose label contains this (+ baseline)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()

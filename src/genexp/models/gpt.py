@@ -119,8 +119,9 @@ class Transformer(nn.Module):
         pos = torch.arange(idx.shape[1], device=idx.device)
         x = self.drop(self.wte(idx) + self.wpe(pos))
         mode = self.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"
-        for block in self.blocks:
-            x = checkpoint(block, x, use_reentrant=False) if mode == "block" else block(x, mode == "mlp")
+        for i, block in enumerate(self.blocks):  # not the last block: backward would recompute it at once
+            mode_i = mode if i < len(self.blocks) - 1 else "none"
+            x = checkpoint(block, x, use_reentrant=False) if mode_i == "block" else block(x, mode_i == "mlp")
         return self.lm_head(self.ln_f(x))
 
 
@@ -135,9 +136,9 @@ class GPT(GenerativeModule):
         bias: biases in Linear and LayerNorm layers.
         compile: ``torch.compile`` the network (state-dict keys stay the same).
         activation_checkpointing: recompute activations in backward instead of keeping them
-            (``torch.utils.checkpoint``): ``block`` (or ``true``) keeps only each block's input and recomputes
-            the block; ``mlp`` keeps each MLP's input and recomputes its LayerNorm, fc and GELU only (about half
-            the saving for a fraction of the time); ``false`` keeps everything.
+            (``torch.utils.checkpoint``; not the last block, where backward starts): ``block`` (or ``true``)
+            keeps only each block's input and recomputes the block; ``mlp`` recomputes each MLP's LayerNorm, fc
+            and GELU only (about half the saving for a fraction of the time); ``false`` keeps everything.
         sample_prompt, sample_tokens, temperature, top_k: the text samples logged each validation epoch.
         **base: ``optimizer``, ``scheduler``, ``sample_every_n_epochs``, ``num_samples`` (GenerativeModule).
     """
