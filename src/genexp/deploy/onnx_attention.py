@@ -4,7 +4,8 @@
 Split, five Transposes, the causal mask built from Shape/Trilu/Where, Softmax, two MatMuls). ONNX Runtime's CPU
 ``Attention`` kernel does the projection, the causal mask and the softmax in one node (``unidirectional=1``),
 and its dynamic int8 quantizer turns it into ``QAttention``. Measured on the baby GPT (2 AMD EPYC cores,
-AVX-512 VNNI): 7% faster at batch 16 x 64 and 16-25% at batch 1, dense and 50%-structured, fp32 and int8.
+AVX-512 VNNI, one process): 7-15% faster at batch 16 x 64 and 16-25% at batch 1, dense and 50%-structured,
+fp32 and int8.
 
 ``fuse_attention(net)`` swaps, in an export copy, every attention module that has ``n_head``, a fused ``qkv``
 Linear and a ``proj`` Linear (the GPT's ``CausalSelfAttention``, heads removed by structured pruning included)
