@@ -14,7 +14,8 @@ split; GPT generation tokens/s for 256 new tokens. The CPU, its int8/bf16 flags 
 ``experiment=gan_digits``, the default VAE) and the same with ``compression=[prune]
 compression.prune.method=ln_structured final_sparsity=0.5`` on the cubic schedule (heads, MLP units and conv
 channels removed at fit end; the GPT with ``scope=layer``: half the heads and half the MLP units of each block).
-GPT graphs are exported with the fused attention op (``genexp-export``'s default ``fused_attention=true``). Timings under load are worthless: run it on a quiet machine.
+GPT graphs are exported with the fused attention op (``genexp-export``'s default ``fused_attention=true``).
+Timings under load are worthless: run it on a quiet machine.
 """
 
 from __future__ import annotations

@@ -9,7 +9,8 @@ machine's load drifts over both alike, and the table shows medians and the ratio
 - ``compile``: the same GPT eager vs ``model.compile=true`` (the median step excludes the compiling steps);
 - ``checkpointing``: a larger GPT (8 layers x 256, context 256, batch 12), ``model.activation_checkpointing``
   false vs ``mlp`` (each block's MLP recomputed) vs ``block`` (= true: whole blocks): peak resident memory
-  (whole process, and its growth during fit = what training added) and step time (target: peak memory down >= 30% at <= 35% more step time);
+  (whole process, and its growth during fit = what training added) and step time (target: peak memory down
+  >= 30% at <= 35% more step time);
 - ``checkpointing_b32``: the same at batch 32, where activations, not the ~0.5 GB of imported libraries,
   dominate the process's peak.
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from genexp.compression.structured import UnitPruner
-from genexp.deploy.onnx_attention import uses_fused_attention
+from genexp.deploy.onnx_attention import DOMAIN
 from genexp.deploy.onnx_export import export_graph
 from genexp.deploy.onnx_quantize import quantize_graph
 from genexp.deploy.onnx_runtime import open_session
@@ -20,6 +20,10 @@ from genexp.models.gpt import GPT
 from genexp.onnx_families import graphs_of
 
 VOCAB = [chr(97 + i) for i in range(26)] + ["\n"]
+
+
+def uses_fused_attention(path: Path) -> bool:
+    return any(node.domain == DOMAIN and node.op_type == "Attention" for node in onnx.load(str(path)).graph.node)
 
 
 def _gpt(heads_removed: bool) -> GPT:

@@ -39,6 +39,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from genexp.deploy.layers import is_qkv_attention
+
 LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
 RESIDUAL = (nn.Embedding, nn.LayerNorm)
 
@@ -57,14 +59,6 @@ class UnitGroup:
     def __post_init__(self) -> None:
         if self.pruned.numel() != self.size:
             self.pruned = torch.zeros(self.size, dtype=torch.bool)
-
-
-def _is_attention(module: nn.Module) -> bool:
-    return (
-        isinstance(getattr(module, "n_head", None), int)
-        and isinstance(getattr(module, "qkv", None), nn.Linear)
-        and isinstance(getattr(module, "proj", None), nn.Linear)
-    )
 
 
 def dependency_graph(root: nn.Module, example: Any) -> Any:
@@ -137,7 +131,7 @@ def find_unit_groups(root: nn.Module, example: Any) -> list[UnitGroup]:
     """The head and channel groups of ``root`` (see the module docstring), by name."""
     names = {m: n for n, m in root.named_modules()}
     groups = [
-        UnitGroup(n, "heads", m.n_head, _head_weights(m)) for n, m in root.named_modules() if _is_attention(m)
+        UnitGroup(n, "heads", m.n_head, _head_weights(m)) for n, m in root.named_modules() if is_qkv_attention(m)
     ]
     attention = {id(getattr(root.get_submodule(g.name), part)) for g in groups for part in ("qkv", "proj")}
     graph = dependency_graph(root, example)
@@ -189,7 +183,7 @@ def choose(groups: list[UnitGroup], scores: dict[str, torch.Tensor], sparsity: f
     ranked = torch.cat(flat)
     for index in torch.argsort(ranked, stable=True).tolist():
         group, unit = owners[index]
-        if group.pruned[unit] or not math.isfinite(float(ranked[index])):
+        if not math.isfinite(float(ranked[index])):  # pruned before (-inf) or the group's last unit (+inf)
             continue
         if taken + group.weights / 2 <= budget:  # nearer the budget with this unit than without it
             group.pruned[unit] = True

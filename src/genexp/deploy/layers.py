@@ -4,7 +4,8 @@
   channel, dequantized in each forward (torchao's ``quantize_`` is Linear-only);
 - ``cast_half``: a float16/bfloat16 copy whose layers take and return float32 at their boundary;
 - ``restructure``: re-apply an artifact recipe's module swaps to a freshly built float deployable;
-- ``plain_copy``: a copy with any ``torch.nn.utils.prune`` reparametrization folded into plain weights.
+- ``plain_copy``: a copy with any ``torch.nn.utils.prune`` reparametrization folded into plain weights;
+- ``is_qkv_attention``: the attention shape that structured pruning slices by head and the ONNX export fuses.
 """
 
 from __future__ import annotations
@@ -71,6 +72,16 @@ def cast_half(module: nn.Module, dtype: torch.dtype) -> nn.Module:
             layer.register_forward_pre_hook(lambda m, args, d=dtype: _cast_floats(args, d))
             layer.register_forward_hook(lambda m, args, out: _cast_floats(out, torch.float32))
     return module
+
+
+def is_qkv_attention(module: nn.Module) -> bool:
+    """Multi-head attention with ``n_head``, a fused ``qkv`` Linear (q, k, v stacked) and a ``proj`` Linear."""
+    return (
+        isinstance(getattr(module, "n_head", None), int)
+        and isinstance(getattr(module, "qkv", None), nn.Linear)
+        and isinstance(getattr(module, "proj", None), nn.Linear)
+        and module.qkv.out_features == 3 * module.proj.in_features
+    )
 
 
 def set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:

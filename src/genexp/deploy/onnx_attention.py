@@ -22,6 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from genexp.deploy.layers import is_qkv_attention, set_submodule
+
 DOMAIN = "com.microsoft"
 
 
@@ -62,27 +64,9 @@ class FusedAttention(nn.Module):
         return self.resid_dropout(self.proj(_Attention.apply(x, self.weight, self.bias, self.n_head)))
 
 
-def _fusable(module: nn.Module) -> bool:
-    return (
-        isinstance(getattr(module, "n_head", None), int)
-        and isinstance(getattr(module, "qkv", None), nn.Linear)
-        and isinstance(getattr(module, "proj", None), nn.Linear)
-        and module.qkv.out_features == 3 * module.proj.in_features
-    )
-
-
 def fuse_attention(net: nn.Module) -> int:
     """Swap every fusable attention module of ``net`` (an export copy) in place; returns how many."""
-    swaps = [(name, m) for name, m in net.named_modules() if name and _fusable(m)]
+    swaps = [(name, m) for name, m in net.named_modules() if name and is_qkv_attention(m)]
     for name, module in swaps:
-        parent, _, child = name.rpartition(".")
-        setattr(net.get_submodule(parent) if parent else net, child, FusedAttention(module))
+        set_submodule(net, name, FusedAttention(module))
     return len(swaps)
-
-
-def uses_fused_attention(path: Any) -> bool:
-    """True when the ONNX file at ``path`` holds a ``com.microsoft`` Attention node."""
-    import onnx
-
-    graph = onnx.load(str(path), load_external_data=False).graph
-    return any(node.domain == DOMAIN and node.op_type.endswith("Attention") for node in graph.node)

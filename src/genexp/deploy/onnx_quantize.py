@@ -31,6 +31,7 @@ from genexp.deploy.onnx_runtime import open_session
 from genexp.errors import GenexpError
 
 METHODS = ("dynamic", "static")
+DYNAMIC_OPS = ("MatMul", "Gemm", "Attention")  # Attention: onnx_attention's fused op, quantized to QAttention
 Feeds = Mapping[str, np.ndarray]
 
 
@@ -87,8 +88,8 @@ def quantize_graph(
     tmp = target.with_name(f".{target.name}.tmp")
     with _quiet():
         if method == "dynamic":
-            quantize_dynamic(source, tmp, op_types_to_quantize=["MatMul", "Gemm", "Attention"], weight_type=QuantType.QInt8)
-            recipe = {"method": "dynamic", "ops": ["MatMul", "Gemm"], "weights": "int8 per tensor", "activations": "int8, dynamic"}
+            quantize_dynamic(source, tmp, op_types_to_quantize=list(DYNAMIC_OPS), weight_type=QuantType.QInt8)
+            recipe = {"method": "dynamic", "ops": list(DYNAMIC_OPS), "weights": "int8 per tensor", "activations": "int8, dynamic"}
         else:
             reader = _Reader(calibration)
             CalibrationDataReader.register(_Reader)
