@@ -69,3 +69,16 @@ def test_skip_policy_keeps_weights_finite(compose_train) -> None:
     assert all(torch.isfinite(v).all() for v in state.values())
     metrics = json.loads(open(f"{cfg.paths.output_dir}/metrics.json").read())
     assert metrics["train/skipped_batches"] >= 1
+
+
+def test_grads_finite_tells_overflow_from_nan_and_inf() -> None:
+    import torch
+
+    from genexp.nan_guard import grads_finite
+
+    fine = [torch.randn(5, 3), torch.randn(7, dtype=torch.bfloat16)]
+    assert grads_finite(fine) and grads_finite([])
+    # large but finite: the 2-norm overflows to inf, the gradients are still finite
+    assert grads_finite([*fine, torch.full((4,), 1e30)])
+    assert not grads_finite([*fine, torch.tensor([1.0, float("nan")])])
+    assert not grads_finite([torch.tensor([float("-inf"), 2.0]), *fine])

@@ -19,12 +19,17 @@ class NonFiniteLossError(GenexpError):
 
 
 def grads_finite(grads: list[torch.Tensor]) -> bool:
-    """True when every gradient is finite: one fused max-abs per tensor (NaN propagates, no overflow) and a
-    single check, instead of one check per tensor (which cost ~10% of a baby-GPT step)."""
+    """True when every gradient is finite.
+
+    One fused 2-norm per tensor and a single check (a NaN or Inf anywhere makes its norm NaN or Inf). Only when
+    that check fails does a max-abs per tensor tell a real NaN/Inf from a norm that overflowed on large finite
+    values. The fused 2-norm costs ~0.13 ms on a baby GPT's 42 tensors, against ~1.2 ms for the fused inf-norm.
+    """
     if not grads:
         return True
-    peaks = torch._foreach_norm(grads, float("inf"))
-    return bool(torch.isfinite(torch.stack([p.float() for p in peaks])).all())
+    if bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+        return True
+    return bool(torch.stack([g.abs().amax() for g in grads]).isfinite().all())
 
 
 class NonFiniteGuard(Callback):
