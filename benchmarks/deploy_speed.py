@@ -55,7 +55,8 @@ PRUNE = [
     "compression.prune.latency_repeats=0",
 ]
 QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-         "compression.prune.start_epoch=0", "compression.prune.end_epoch=0", "callbacks.sample_quality=null"]
+         "compression.prune.start_epoch=0", "compression.prune.end_epoch=0", "callbacks.sample_quality=null",
+         "callbacks.model_checkpoint.monitor=val/loss"]  # the GAN's val/fid comes from sample_quality
 BATCH = {"gpt": 16, "gan": 64, "vae": 64}
 # The GPT's heads own 16k weights each and its MLP units 256: one global ranking prunes MLP units only, so each
 # block loses half of its heads and half of its MLP units (``scope=layer``); conv channels rank globally.

@@ -1,10 +1,11 @@
 """The baby GPT recipe as one plain PyTorch script (torch and TensorBoard only: no Lightning, no Hydra, no genexp).
 
 What ``genexp-train experiment=gpt_shakespeare_cpu`` does, written by hand: a 4-layer x 4-head x 128 GPT with
-tied embeddings, context 64, batch 12, random training windows from the first 90% of the text, AdamW (lr 1e-3,
+tied embeddings, context 64, batch 12, random training windows from the first 90% of the text (then 5% validation, 5% test), AdamW (lr 1e-3,
 betas 0.9/0.99, weight decay 0.1 on matrices), 100 warm-up steps then cosine to 1e-4, gradient clipping 1.0;
-every 200 steps a validation on 20 fixed batches from the last 10% and a checkpoint; train loss and lr to
-TensorBoard every 20 steps; two 200-character samples at the end. ``benchmarks/gpt_speed.py --e2e`` times it,
+every 200 steps a validation on 20 fixed batches, a last checkpoint and a best one (when validation improves);
+train loss and lr to TensorBoard every 20 steps; two 200-character samples at the end, then a test pass of the
+best weights on 20 fixed batches of the test split. ``benchmarks/gpt_speed.py --e2e`` times it,
 process start to exit, against the genexp command.
 
     python benchmarks/plain_gpt.py --data input.txt --out /tmp/plain [--epochs 10]
@@ -68,10 +69,21 @@ def main() -> None:
     chars = sorted(set(text))
     lookup = {c: i for i, c in enumerate(chars)}
     data = torch.tensor([lookup[c] for c in text], dtype=torch.long)
-    split, context, batch, steps_per_epoch = int(0.9 * len(data)), 64, 12, 200
-    train_windows = data[:split].unfold(0, context + 1, 1)
-    val_windows = data[split:].unfold(0, context + 1, 1)
-    val = val_windows[torch.linspace(0, len(val_windows) - 1, 20 * batch).round().long()]
+    context, batch, steps_per_epoch = 64, 12, 200
+    val_start, test_start = len(data) - 2 * int(0.05 * len(data)), len(data) - int(0.05 * len(data))
+    train_windows = data[:val_start].unfold(0, context + 1, 1)
+
+    def fixed(part: torch.Tensor) -> torch.Tensor:
+        windows = part.unfold(0, context + 1, 1)
+        return windows[torch.linspace(0, len(windows) - 1, 20 * batch).round().long()]
+
+    val, test = fixed(data[val_start:test_start]), fixed(data[test_start:])
+
+    def evaluate(windows: torch.Tensor) -> torch.Tensor:
+        model.eval()
+        with torch.no_grad():
+            losses = [F.cross_entropy(model(w[:, :-1]).flatten(0, 1), w[:, 1:].flatten()) for w in windows.split(batch)]
+        return torch.stack(losses).mean()
 
     model = TinyGPT(len(chars), context)
     matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and "tokens" not in n and "positions" not in n]
@@ -93,7 +105,7 @@ def main() -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
     args.out.mkdir(parents=True, exist_ok=True)
     writer = SummaryWriter(str(args.out / "tensorboard"))
-    generator, step = torch.Generator().manual_seed(12345), 0
+    generator, step, best = torch.Generator().manual_seed(12345), 0, math.inf
     for epoch in range(args.epochs):
         model.train()
         for _ in range(steps_per_epoch):
@@ -109,13 +121,13 @@ def main() -> None:
             if step % 20 == 0:
                 writer.add_scalar("train/loss", loss.item(), step)
                 writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
-        model.eval()
-        with torch.no_grad():
-            val_loss = torch.stack(
-                [F.cross_entropy(model(w[:, :-1]).flatten(0, 1), w[:, 1:].flatten()) for w in val.split(batch)]
-            ).mean()
+        val_loss = evaluate(val)
         writer.add_scalar("val/loss", val_loss.item(), step)
-        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, args.out / "last.pt")
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
+        torch.save(state, args.out / "last.pt")
+        if val_loss.item() < best:
+            best = val_loss.item()
+            torch.save(state, args.out / "best.pt")
         print(f"epoch {epoch}: val loss {val_loss.item():.4f}", flush=True)
     with torch.no_grad():  # two samples of 200 characters after a newline, as genexp's GPT logs them
         idx = torch.full((2, 1), lookup.get("\n", 0), dtype=torch.long)
@@ -124,7 +136,11 @@ def main() -> None:
             idx = torch.cat([idx, torch.multinomial(probs, 1)], dim=1)
     samples = ["".join(chars[i] for i in row) for row in idx.tolist()]
     writer.add_text("samples", "\n\n".join(samples), step)
+    model.load_state_dict(torch.load(args.out / "best.pt")["model"])
+    test_loss = evaluate(test).item()
+    writer.add_scalar("test/loss", test_loss, step)
     writer.close()
+    print(f"test loss {test_loss:.4f} (best val {best:.4f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,9 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "non-numeric epochs": (TRAIN, ["trainer.max_epochs=abc"], ["trainer.max_epochs='abc'", "integer"]),
     "epochs below -1": (TRAIN, ["trainer.max_epochs=-5"], ["trainer.max_epochs=-5", "integer >= -1"]),
     "unknown precision": (TRAIN, ["trainer.precision=13"], ["trainer.precision", "bf16-mixed"]),
+    "checkpoint monitors an unlogged metric": (
+        TRAIN, ["callbacks.model_checkpoint.monitor=val/fid"], ["ModelCheckpoint(monitor='val/fid')", "val/nelbo"]
+    ),
     "negative clip": (TRAIN, ["trainer.gradient_clip_val=-1"], ["trainer.gradient_clip_val", ">= 0"]),
     "bad seed": (TRAIN, ["seed=minus"], ["seed='minus'", "integer >= 0"]),
     # image data

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -56,7 +57,9 @@ def report_errors(task: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return task(*args, **kwargs)
-        except (GenexpError, OmegaConfBaseException) as err:
+        except Exception as err:
+            if not isinstance(err, (GenexpError, OmegaConfBaseException)) and not _unlogged_monitor(err):
+                raise
             if full_error():
                 raise
             print(f"genexp: error: {_describe(err)}", file=sys.stderr, flush=True)
@@ -73,7 +76,19 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def _unlogged_monitor(err: Exception) -> bool:
+    """Lightning's refusal of a callback that monitors a metric the run never logs (a bad config value)."""
+    return type(err).__name__ == "MisconfigurationException" and "could not find the monitored key" in str(err)
+
+
 def _describe(err: Exception) -> str:
+    if _unlogged_monitor(err):
+        callback = str(err).split("`")[1] if str(err).count("`") >= 2 else "a callback's monitor"
+        logged = sorted(set(re.findall(r"'((?:val|test)/[^']+)'", str(err).split("metrics:", 1)[-1].split("HINT")[0])))
+        return (
+            f"{callback}: expected a metric the run logs ({', '.join(logged) or 'no validation metrics'}); "
+            "set callbacks.model_checkpoint.monitor (or the callback that logs it back on)"
+        )
     if isinstance(err, MissingMandatoryValue):
         return f"{err.full_key}: a value is required (set it on the command line: {err.full_key}=...)"
     if isinstance(err, OmegaConfBaseException):
