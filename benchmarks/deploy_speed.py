@@ -2,8 +2,12 @@
 
 Every variant of every run is timed interleaved in one process (alternating rounds), at batch 1 and at the
 family's batch (GPT 16x64, GAN/VAE 64); ratios are against the *dense run's torch fp32 eager* at the same
-batch. Quality: the family's test metric (GPT val loss, VAE -ELBO, GAN domain FID) of each variant on the same
-split; GPT generation tokens/s for 256 new tokens. The CPU, its int8/bf16 flags and the thread count are printed.
+batch. That is repeated in ``--trials`` fresh processes (3 by default): on a small VM one process's timings
+can sit 10-40% off the next one's (thread placement, memory layout), so the table gives the median time and
+the median (min-max) ratio over processes. Quality: the family's test metric (GPT test loss, VAE -ELBO, GAN
+domain FID) of each variant on the same split; GPT generation tokens/s for 256 new tokens. The CPU, its
+int8/bf16 flags, the thread count and ``OMP_WAIT_POLICY`` are printed: leave that unset, as a deployment
+would (``PASSIVE`` slows torch eager, not ONNX Runtime, and the script warns).
 
     python benchmarks/deploy_speed.py --run outputs/train/runs/<dense> --run outputs/train/runs/<pruned>
     python benchmarks/deploy_speed.py --train gpt --override data.path=../shared/data/tinyshakespeare/input.txt
@@ -15,13 +19,17 @@ split; GPT generation tokens/s for 256 new tokens. The CPU, its int8/bf16 flags 
 compression.prune.method=ln_structured final_sparsity=0.5`` on the cubic schedule (heads, MLP units and conv
 channels removed at fit end; the GPT with ``scope=layer``: half the heads and half the MLP units of each block).
 GPT graphs are exported with the fused attention op (``genexp-export``'s default ``fused_attention=true``).
-Timings under load are worthless: run it on a quiet machine.
-"""
+Timings under load are worthless: run it on a quiet machine."""
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
+import os
+import statistics
+import subprocess
+import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -146,16 +154,90 @@ def generation(item: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def time_items(items: list[dict[str, Any]], repeats: int, rounds: int) -> dict[str, Any]:
+    """One process's timings: ``{run: {variant: {batch: ms}}}`` interleaved, and GPT generation tokens/s."""
+    calls, where = {}, {}
+    for i, item in enumerate(items):
+        for batch in sorted({1, BATCH[item["family"].name]}):
+            for variant, call in calls_for(item, batch).items():
+                calls[(i, variant, batch)] = call
+                where[(i, variant, batch)] = (item["run"].name, variant, str(batch))
+    timed = interleaved_latency(calls, repeats, 3, rounds)  # type: ignore[arg-type]
+    out: dict[str, Any] = {"ms": {}, "tokens_per_s": {}}
+    for key, (run, variant, batch) in where.items():
+        out["ms"].setdefault(run, {}).setdefault(variant, {})[batch] = timed[key]["median_ms"]
+    for item in items:
+        if item["family"].name == "gpt":
+            out["tokens_per_s"][item["run"].name] = generation(item)
+    return out
+
+
+def trials_in_processes(args: argparse.Namespace, runs: list[Path], root: Path) -> list[dict[str, Any]]:
+    """``args.trials`` fresh processes, each timing every variant interleaved (``--trial-json``): a process's
+    thread pools and memory layout shift its timings by 10-40% on a small VM, so one process is one sample."""
+    results = []
+    for k in range(args.trials):
+        path = root / f"trial{k}.json"
+        command = [sys.executable, __file__, "--no-quality", "--trials", "1", "--trial-json", str(path),
+                   "--repeats", str(args.repeats), "--rounds", str(args.rounds), "--out", str(root / f"trial{k}")]
+        command += [arg for run in runs for arg in ("--run", str(run))]
+        print(f"trial {k + 1}/{args.trials}: a fresh process", flush=True)
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+        results.append(json.loads(path.read_text()))
+    return results
+
+
+def spread(values: list[float]) -> str:
+    """``median`` or ``median (min-max)`` of several trials' figures."""
+    mid = statistics.median(values)
+    return f"{mid:.2f}" if max(values) - min(values) < 1e-9 else f"{mid:.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args: argparse.Namespace) -> None:
+    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    print(f"\nCPU: {cpu_name()} ({', '.join(cpu_flags())}), {torch.get_num_threads()} threads, OMP_WAIT_POLICY "
+          f"{policy}; {len(trials)} process(es), each the median of {args.repeats} calls in {args.rounds} "
+          "interleaved rounds; ms: median over processes; x = dense torch fp32 eager / this, median (min-max) "
+          "over processes\n")
+    if policy.upper() == "PASSIVE":
+        print("warning: OMP_WAIT_POLICY=PASSIVE puts torch's OpenMP threads to sleep after every op: torch eager "
+              "is 20-50% slower with it, ONNX Runtime (its own threads) is not, so the ratios flatter ONNX Runtime\n")
+    print("| family | run | backend | params | quality | batch B, ms | x | batch 1, ms | x | tokens/s | x |")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    dense_of: dict[str, str] = {}
+    for item in items:
+        dense_of.setdefault(item["family"].name, item["run"].name)
+    for item in items:
+        fam, run = item["family"].name, item["run"].name
+        base, big = dense_of[fam], str(BATCH[fam])
+        for variant, spec in item["variants"].items():
+            cells = []
+            for batch in (big, "1"):
+                ms = [t["ms"][run][variant][batch] for t in trials]
+                ratios = [t["ms"][base]["torch fp32 eager"][batch] / t["ms"][run][variant][batch] for t in trials]
+                cells += [f"{statistics.median(ms):.3f}", spread(ratios)]
+            if fam == "gpt":
+                tok = [t["tokens_per_s"][run][variant] for t in trials]
+                ratios = [t["tokens_per_s"][run][variant] / t["tokens_per_s"][base]["torch fp32 eager"] for t in trials]
+                cells += [f"{statistics.median(tok):,.0f}", spread(ratios)]
+            else:
+                cells += ["–", "–"]
+            print(f"| {fam} | {run} | {variant} | {item['params']:,} | {spec['quality']:.5g} | " + " | ".join(cells) + " |")
+    print(f"\n(batch B: GPT {BATCH['gpt']} windows of the context length, GAN/VAE 64)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", action="append", default=[], help="an existing run folder (dense first)")
     parser.add_argument("--train", action="append", default=[], choices=sorted(RECIPES), help="train dense + 50%% structured")
-    parser.add_argument("--override", action="append", default=[], help="genexp-train override for --train")
+    parser.add_argument("--override", action="append", default=[], help="genexp-train override for --train (every family)")
     parser.add_argument("--quick", action="store_true", help="tiny training: checks that the script runs")
     parser.add_argument("--repeats", type=int, default=140, help="timed calls per variant and batch (over all rounds)")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--trials", type=int, default=3, help="fresh processes that each time every variant")
     parser.add_argument("--no-quality", action="store_true", help="skip the quality of each variant")
     parser.add_argument("--out", default=None, help="where trained runs and exports go (default: a temporary folder)")
+    parser.add_argument("--trial-json", default=None, help=argparse.SUPPRESS)  # a trial process writes here
     args = parser.parse_args()
     root = Path(args.out or tempfile.mkdtemp(prefix="deploy_speed-"))
     runs = [Path(r) for r in args.run]
@@ -164,40 +246,12 @@ def main() -> None:
     if not runs:
         parser.error("give --run DIR or --train FAMILY")
     items = [measure_run(run, root / "exports", not args.no_quality, Path("data")) for run in runs]
-
-    calls, keys = {}, []
-    for i, item in enumerate(items):
-        for batch in sorted({1, BATCH[item["family"].name]}):
-            for variant, call in calls_for(item, batch).items():
-                calls[(i, variant, batch)] = call
-                keys.append((i, variant, batch))
-    timed = interleaved_latency(calls, args.repeats, 3, args.rounds)  # type: ignore[arg-type]
-
-    print(f"\nCPU: {cpu_name()} ({', '.join(cpu_flags())}), {torch.get_num_threads()} threads; "
-          f"median of {args.repeats} calls in {args.rounds} interleaved rounds; x = dense torch fp32 eager / this\n")
-    header = "| family | run | backend | params | quality | batch B, ms | x | batch 1, ms | x | tokens/s | x |"
-    print(header)
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    dense_of = {}
-    for i, item in enumerate(items):
-        dense_of.setdefault(item["family"].name, i)
-    for i, item in enumerate(items):
-        fam = item["family"].name
-        base = dense_of[fam]
-        speeds = generation(item) if fam == "gpt" else {}
-        base_speed = generation(items[base])["torch fp32 eager"] if fam == "gpt" and base != i else speeds.get("torch fp32 eager")
-        big = BATCH[fam]
-        for variant, spec in item["variants"].items():
-            cells = []
-            for batch in (big, 1):
-                ms = timed[(i, variant, batch)]["median_ms"]
-                ref = timed[(base, "torch fp32 eager", batch)]["median_ms"]
-                cells += [f"{ms:.3f}", f"{ref / ms:.2f}"]
-            tok = speeds.get(variant)
-            tok_cells = [f"{tok:,.0f}", f"{tok / base_speed:.2f}"] if tok else ["–", "–"]
-            print(f"| {fam} | {item['run'].name} | {variant} | {item['params']:,} | {spec['quality']:.5g} | "
-                  + " | ".join(cells + tok_cells) + " |")
-    print(f"\n(batch B: GPT {BATCH['gpt']} windows of the context length, GAN/VAE 64; exports in {root / 'exports'})")
+    if args.trial_json:
+        Path(args.trial_json).write_text(json.dumps(time_items(items, args.repeats, args.rounds)))
+        return
+    trials = trials_in_processes(args, runs, root) if args.trials > 1 else [time_items(items, args.repeats, args.rounds)]
+    print_table(items, trials, args)
+    print(f"(exports in {root / 'exports'})")
 
 
 if __name__ == "__main__":

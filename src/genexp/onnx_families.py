@@ -22,6 +22,7 @@ from torch import nn
 
 from genexp import onnx_diffusion
 from genexp.deploy.onnx_attention import fuse_attention
+from genexp.deploy.onnx_conv import project_latent
 from genexp.deploy.onnx_export import Family, Graph, float_copy
 from genexp.deploy.onnx_runtime import OrtModule
 from genexp.errors import GenexpError
@@ -57,6 +58,7 @@ def graphs_of(model: GenerativeModule, batch_size: int = 2, fused_attention: boo
     if isinstance(model, GAN):
         z = model.example_input(batch_size).cpu()
         net = float_copy(model.deployable())
+        project_latent(net)  # the first transposed conv as one Gemm (genexp.deploy.onnx_conv)
         return [Graph("model", net, (z,), ["z"], ["images"], {"z": {0: "batch"}, "images": {0: "batch"}})]
     if isinstance(model, VAE):
         full = _VAEGraph(float_copy(model.deployable()))

@@ -69,9 +69,10 @@ def torch_call(module: nn.Module, example: Any) -> Callable[[], Any]:
 
 
 def interleaved_latency(
-    calls: Mapping[str, Callable[[], Any]], repeats: int = 20, warmup: int = 3, rounds: int = 4
+    calls: Mapping[str, Callable[[], Any]], repeats: int = 20, warmup: int = 3, rounds: int = 4, settle_s: float = 0.05
 ) -> dict[str, dict[str, float]]:
-    """ms per call of each entry: ``rounds`` alternating rounds of ``repeats // rounds`` timed calls each.
+    """ms per call of each entry: ``rounds`` alternating rounds of ``repeats // rounds`` timed calls each, with
+    ``settle_s`` idle seconds before each, so that no other entry's thread pool still spins on the cores.
 
     Returns ``{name: {"median_ms", "p10_ms", "p90_ms", "spread"}}`` over all timed calls, where
     ``spread = (p90 - p10) / median``.
@@ -83,6 +84,7 @@ def interleaved_latency(
             call()
     for _ in range(rounds):
         for name, call in calls.items():
+            time.sleep(settle_s)  # the previous entry's spinning worker threads (OpenMP, ONNX Runtime) go idle
             call()  # one untimed call: the cache now holds this entry's weights, not the previous one's
             for _ in range(per_round):
                 start = time.perf_counter()

@@ -1,0 +1,37 @@
+"""``benchmarks/deploy_speed.py`` runs as the README shows it (shortened by its own ``--quick``): it trains,
+exports, times every variant in fresh processes and prints one table row per variant, with the spread."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "deploy_speed.py"
+
+
+def test_deploy_speed_prints_every_variant_over_trial_processes(tmp_path: Path) -> None:
+    command = [sys.executable, str(SCRIPT), "--train", "vae", "--quick", "--no-quality", "--repeats", "4",
+               "--rounds", "2", "--trials", "2", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = done.stdout
+    assert out.count("a fresh process") == 2 and sorted(p.name for p in tmp_path.glob("trial*.json")) == [
+        "trial0.json", "trial1.json"]
+    assert "OMP_WAIT_POLICY PASSIVE" in out and "warning: OMP_WAIT_POLICY=PASSIVE" in out
+    rows = [line for line in out.splitlines() if line.startswith("| vae |")]
+    assert [row.split(" | ")[1:3] for row in rows] == [
+        [run, backend]
+        for run in ("vae_dense", "vae_structured50")
+        for backend in ("torch fp32 eager", "onnxruntime fp32", "onnxruntime int8")
+    ]
+    assert rows[0].split(" | ")[6] == "1.00"  # the baseline against itself
+    ratio = re.compile(r"^\d+\.\d\d( \(\d+\.\d\d-\d+\.\d\d\))?$")
+    for row in rows:
+        cells = row.split(" | ")
+        assert float(cells[5]) > 0 and ratio.match(cells[6]) and ratio.match(cells[8]), row
+    params = [int(row.split(" | ")[3].replace(",", "")) for row in rows]
+    assert params[3] < params[0]  # the structured run really lost channels

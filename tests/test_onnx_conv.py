@@ -1,0 +1,59 @@
+"""The GAN generator's first transposed conv (and its BatchNorm) exports as one Gemm that computes the same."""
+
+from __future__ import annotations
+
+import collections
+import copy
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from torch import nn
+
+from genexp.deploy.onnx_conv import LatentProjection, project_latent
+from genexp.deploy.onnx_export import Graph, export_graph
+from genexp.deploy.onnx_runtime import open_session
+from genexp.models.gan import Generator
+
+
+def _generator(channels: int, affine: bool = True) -> Generator:
+    torch.manual_seed(0)
+    gen = Generator((1, 16, 16), latent_dim=12, channels=channels)
+    for m in gen.modules():  # statistics and affine terms far from their defaults
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1)
+            m.running_var.uniform_(0.2, 3)
+            if affine:
+                m.weight.data.uniform_(0.5, 2)
+                m.bias.data.uniform_(-1, 1)
+            else:
+                m.affine, m.weight, m.bias = False, None, None
+    return gen.eval()
+
+
+@pytest.mark.parametrize("channels,affine", [(8, True), (6, False)])
+def test_the_first_layer_becomes_one_gemm_with_the_same_output(tmp_path: Path, channels: int, affine: bool) -> None:
+    gen = _generator(channels, affine)
+    copied = copy.deepcopy(gen)
+    assert project_latent(copied)
+    assert isinstance(copied.net[0], LatentProjection) and not isinstance(copied.net[1], nn.BatchNorm2d)
+    z = torch.randn(5, 12)
+    with torch.no_grad():
+        expected = gen(z)
+        assert torch.allclose(copied(z), expected, atol=1e-5)
+    path = export_graph(Graph("model", copied, (z,), ["z"], ["images"], {"z": {0: "batch"}, "images": {0: "batch"}}), tmp_path / "g.onnx", 17)
+    ops = collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+    assert ops["Gemm"] == 1 and ops["ConvTranspose"] == sum(isinstance(m, nn.ConvTranspose2d) for m in gen.modules()) - 1
+    z3 = torch.randn(3, 12)  # another batch size than exported
+    got = open_session(path).run(None, {"z": z3.numpy()})[0]
+    with torch.no_grad():
+        assert np.abs(got - gen(z3).numpy()).max() < 1e-4
+
+
+def test_a_strided_first_layer_is_left_alone() -> None:
+    net = nn.Module()
+    net.net = nn.Sequential(nn.ConvTranspose2d(4, 4, 4, 2, 1), nn.BatchNorm2d(4))
+    assert not project_latent(net)
+    assert isinstance(net.net[0], nn.ConvTranspose2d)
