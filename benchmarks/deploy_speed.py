@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -39,7 +38,14 @@ import torch
 from omegaconf import OmegaConf
 
 from _harness import genexp_train
-from genexp.deploy.latency import cpu_flags, cpu_name, interleaved_latency, tokens_per_s, torch_call
+from genexp.deploy.latency import (
+    cpu_flags,
+    cpu_name,
+    interleaved_latency,
+    omp_wait_policy,
+    tokens_per_s,
+    torch_call,
+)
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session, session_call
 from genexp.models.gpt import GPT
@@ -194,7 +200,7 @@ def spread(values: list[float]) -> str:
 
 
 def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    policy = os.environ.get("OMP_WAIT_POLICY", "unset")
+    policy = omp_wait_policy()
     print(f"\nCPU: {cpu_name()} ({', '.join(cpu_flags())}), {torch.get_num_threads()} threads, OMP_WAIT_POLICY "
           f"{policy}; {len(trials)} process(es), each the median of {args.repeats} calls in {args.rounds} "
           "interleaved rounds; ms: median over processes; x = dense torch fp32 eager / this, median (min-max) "

@@ -237,6 +237,8 @@ def test_eval_measures_an_onnx_graph_like_a_checkpoint(runs: dict[str, Path], tm
         assert key in row, key
     assert row["kind"] == "onnx" and row["backend"] == "onnxruntime" and row["quantize"] == "onnxruntime int8"
     assert row["bytes"] == graph.stat().st_size
+    assert row["omp_wait_policy"] == "PASSIVE"  # it slows torch eager, not ORT: the report says so beside the figure
+    assert "OMP_WAIT_POLICY=PASSIVE" in (tmp_path / "eval" / "report.md").read_text()
     info = json.loads((graph.parent / "model.json").read_text())
     assert row["quality"] == pytest.approx(info["quality"]["int8"]["test/loss"], rel=1e-6)  # same split, same graph
     assert {r["backend"] for r in row["latency_backends"]["rows"]} >= {"torch fp32 eager", "onnxruntime int8"}

@@ -20,7 +20,14 @@ import onnx
 import onnxruntime
 import torch
 
-from genexp.deploy.latency import cpu_flags, cpu_name, interleaved_latency, tokens_per_s, torch_call
+from genexp.deploy.latency import (
+    cpu_flags,
+    cpu_name,
+    interleaved_latency,
+    omp_wait_policy,
+    tokens_per_s,
+    torch_call,
+)
 from genexp.deploy.onnx_export import FORMAT, Family, Graph, export_graph, initializer_counts, io_of
 from genexp.deploy.onnx_quantize import quantize_graph
 from genexp.deploy.onnx_runtime import open_session, session_call
@@ -142,6 +149,7 @@ def latency_table(
         "threads": torch.get_num_threads(),
         "cpu": cpu_name(),
         "cpu_flags": cpu_flags(),
+        "omp_wait_policy": omp_wait_policy(),
         "repeats": repeats,
         "rounds": rounds,
     }

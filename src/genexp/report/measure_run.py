@@ -29,6 +29,7 @@ from genexp.deploy.latency import (
     cpu_name,
     gpu_latency,
     interleaved_latency,
+    omp_wait_policy,
     on_device,
     throughput,
 )
@@ -136,6 +137,7 @@ def speed_of(loaded: Loaded, settings: SpeedSettings, latency_ms: float | None =
         "throughput_per_s": throughput(batch, latency_ms),
         "threads": torch.get_num_threads(),
         "cpu": cpu_name(),
+        "omp_wait_policy": omp_wait_policy(),
     }
     if settings.gpu and loaded.kind != "onnx":
         gpu = gpu_latency(deployable, example, repeats=settings.repeats, warmup=settings.warmup)

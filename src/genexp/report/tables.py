@@ -48,7 +48,8 @@ def single_rows(row: dict[str, Any]) -> list[tuple[str, str]]:
         (f"bytes of {row['kind']} file", fmt(row["file_bytes"])),
         (
             f"CPU latency, batch {row['batch_size']} (ms, median, {row.get('backend', 'torch')})",
-            f"{row['latency_ms']:.3f} ({row['threads']} threads, {row.get('cpu', '?')})",
+            f"{row['latency_ms']:.3f} ({row['threads']} threads, {row.get('cpu', '?')}"
+            + (f", OMP_WAIT_POLICY={row['omp_wait_policy']})" if row.get("omp_wait_policy", "unset") != "unset" else ")"),
         ),
         ("CPU throughput (samples/s)", fmt(row["throughput_per_s"])),
     ]
