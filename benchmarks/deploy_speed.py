@@ -38,14 +38,7 @@ import torch
 from omegaconf import OmegaConf
 
 from _harness import genexp_train
-from genexp.deploy.latency import (
-    cpu_flags,
-    cpu_name,
-    interleaved_latency,
-    omp_wait_policy,
-    tokens_per_s,
-    torch_call,
-)
+from genexp.deploy import latency
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session, session_call
 from genexp.models.gpt import GPT
@@ -134,7 +127,7 @@ def calls_for(item: dict[str, Any], batch: int) -> dict[str, Any]:
     calls = {}
     for variant, spec in item["variants"].items():
         if spec["suffix"] is None:
-            calls[variant] = torch_call(main.module, main.example)
+            calls[variant] = latency.torch_call(main.module, main.example)
         else:
             session = open_session(item["folder"] / f"{main.stem}{spec['suffix']}")
             calls[variant] = session_call(session, {main.inputs[0]: main.example[0].numpy()})
@@ -156,7 +149,7 @@ def generation(item: dict[str, Any]) -> dict[str, float]:
 
             def step(ids: Any, s: Any = session) -> Any:
                 return s.run(None, {"tokens": ids})[0][:, -1]
-        out[variant] = tokens_per_s(step, prompt, 256, model.block_size)
+        out[variant] = latency.tokens_per_s(step, prompt, 256, model.block_size)
     return out
 
 
@@ -168,7 +161,7 @@ def time_items(items: list[dict[str, Any]], repeats: int, rounds: int) -> dict[s
             for variant, call in calls_for(item, batch).items():
                 calls[(i, variant, batch)] = call
                 where[(i, variant, batch)] = (item["run"].name, variant, str(batch))
-    timed = interleaved_latency(calls, repeats, 3, rounds)  # type: ignore[arg-type]
+    timed = latency.interleaved_latency(calls, repeats, 3, rounds)  # type: ignore[arg-type]
     out: dict[str, Any] = {"ms": {}, "tokens_per_s": {}}
     for key, (run, variant, batch) in where.items():
         out["ms"].setdefault(run, {}).setdefault(variant, {})[batch] = timed[key]["median_ms"]
@@ -200,8 +193,8 @@ def spread(values: list[float]) -> str:
 
 
 def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args: argparse.Namespace) -> None:
-    policy = omp_wait_policy()
-    print(f"\nCPU: {cpu_name()} ({', '.join(cpu_flags())}), {torch.get_num_threads()} threads, OMP_WAIT_POLICY "
+    policy = latency.omp_wait_policy()
+    print(f"\nCPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, OMP_WAIT_POLICY "
           f"{policy}; {len(trials)} process(es), each the median of {args.repeats} calls in {args.rounds} "
           "interleaved rounds; ms: median over processes; x = dense torch fp32 eager / this, median (min-max) "
           "over processes\n")
