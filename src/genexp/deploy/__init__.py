@@ -8,5 +8,7 @@ Importable without Lightning callbacks or training code:
 - ``costs``: parameters, non-zeros, bytes (``measure``) and output fidelity;
 - ``latency``: CPU (and GPU) latency and throughput on a fixed batch;
 - ``onnx_export``, ``onnx_quantize``, ``onnx_runtime``, ``onnx_package``: the ONNX deployables (``model.onnx``,
-  ``model.int8.onnx``, ``model.json``) that run with onnxruntime and numpy alone, and latency per backend.
+  ``model.int8.onnx``, ``model.json``) that run with onnxruntime and numpy alone, and latency per backend;
+- ``onnx_attention``, ``onnx_conv``: export-time swaps for faster graphs (the GPT's fused attention, the GAN
+  generator's first layer as one Gemm).
 """
