@@ -1,5 +1,6 @@
-"""``benchmarks/deploy_speed.py`` runs as the README shows it (shortened by its own ``--quick``): it trains,
-exports, times every variant in fresh processes and prints one table row per variant, with the spread."""
+"""The deploy benchmarks run as the README shows them (shortened by their own options): ``deploy_speed.py``
+trains, exports, times every variant in fresh processes and prints one table row per variant, with the spread;
+``onnx_rewrites.py`` prints the GAN export rewrite's table."""
 
 from __future__ import annotations
 
@@ -35,3 +36,15 @@ def test_deploy_speed_prints_every_variant_over_trial_processes(tmp_path: Path) 
         assert float(cells[5]) > 0 and ratio.match(cells[6]) and ratio.match(cells[8]), row
     params = [int(row.split(" | ")[3].replace(",", "")) for row in rows]
     assert params[3] < params[0]  # the structured run really lost channels
+
+
+def test_onnx_rewrites_prints_the_gan_rewrite_table(tmp_path: Path) -> None:
+    script = SCRIPT.parent / "onnx_rewrites.py"
+    command = [sys.executable, str(script), "--trials", "2", "--repeats", "2", "--rounds", "1", "--channels", "8"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| torch") or line.startswith("| ORT")]
+    assert [row[0].strip("| ") for row in rows] == ["torch fp32 eager", "ORT, as torch.onnx writes it",
+                                                    "ORT, first layer as one Gemm"]
+    assert all(float(row[1]) > 0 and float(row[4]) > 0 for row in rows)
+    assert "2 processes" in done.stdout and "8 channels" in done.stdout
