@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -52,6 +53,12 @@ def genexp_train(
         tail = log.read_text()[-3000:] if log is not None and log.is_file() else "(see the command above)"
         raise SystemExit(f"genexp-train failed ({done.returncode}):\n{tail}")
     return seconds
+
+
+def spread(values: list[float]) -> str:
+    """``median`` of several processes' figures, or ``median (lowest-highest)`` when they differ."""
+    mid = statistics.median(values)
+    return f"{mid:.2f}" if max(values) - min(values) < 1e-9 else f"{mid:.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
 def read_json(path: Path) -> dict[str, Any]:

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from _harness import genexp_train
+from _harness import genexp_train, spread
 from genexp.deploy import latency
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session, session_call
@@ -186,12 +186,6 @@ def trials_in_processes(args: argparse.Namespace, runs: list[Path], root: Path) 
     return results
 
 
-def spread(values: list[float]) -> str:
-    """``median`` or ``median (min-max)`` of several trials' figures."""
-    mid = statistics.median(values)
-    return f"{mid:.2f}" if max(values) - min(values) < 1e-9 else f"{mid:.2f} ({min(values):.2f}-{max(values):.2f})"
-
-
 def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args: argparse.Namespace) -> None:
     policy = latency.omp_wait_policy()
     print(f"\nCPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, OMP_WAIT_POLICY "
@@ -200,7 +194,7 @@ def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args:
           "over processes\n")
     if policy.upper() == "PASSIVE":
         print("warning: OMP_WAIT_POLICY=PASSIVE puts torch's OpenMP threads to sleep after every op: torch eager "
-              "is 20-50% slower with it, ONNX Runtime (its own threads) is not, so the ratios flatter ONNX Runtime\n")
+              "is 20-90% slower with it, ONNX Runtime (its own threads) is not, so the ratios flatter ONNX Runtime\n")
     print("| family | run | backend | params | quality | batch B, ms | x | batch 1, ms | x | tokens/s | x |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     dense_of: dict[str, str] = {}

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from _harness import spread
 from genexp.deploy import latency
 from genexp.deploy.onnx_conv import project_latent
 from genexp.deploy.onnx_export import Graph, export_graph
@@ -78,10 +79,6 @@ def main() -> None:
                        check=True)
         trials.append(json.loads(path.read_text()))
 
-    def cell(values: list[float]) -> str:
-        mid = statistics.median(values)
-        return f"{mid:.2f}" if max(values) - min(values) < 1e-9 else f"{mid:.2f} ({min(values):.2f}-{max(values):.2f})"
-
     print(f"\nCPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY {latency.omp_wait_policy()}; {len(trials)} processes x {args.repeats} calls in "
           f"{args.rounds} interleaved rounds; GAN generator, {args.channels} channels, latent {args.latent}\n")
@@ -91,8 +88,8 @@ def main() -> None:
         cells = []
         for batch in ("64", "1"):
             ms = [t[variant][batch] for t in trials]
-            cells += [f"{statistics.median(ms):.3f}", cell([t[VARIANTS[0]][batch] / t[variant][batch] for t in trials])]
-            cells.append(cell([t[VARIANTS[1]][batch] / t[variant][batch] for t in trials]) if variant != VARIANTS[0] else "–")
+            cells += [f"{statistics.median(ms):.3f}", spread([t[VARIANTS[0]][batch] / t[variant][batch] for t in trials])]
+            cells.append(spread([t[VARIANTS[1]][batch] / t[variant][batch] for t in trials]) if variant != VARIANTS[0] else "–")
         print(f"| {variant} | " + " | ".join(cells) + " |")
 
 
