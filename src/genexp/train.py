@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import math
 import sys
@@ -125,7 +126,12 @@ def main() -> float | None:
     except GenexpError as err:
         print(f"genexp: error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
-    return _hydra_main()
+    result = _hydra_main()
+    # Everything is written. Moving the ~400k objects Lightning, torch and Hydra created into the GC's permanent
+    # generation spares the interpreter's final collections at exit: 0.13 s instead of 0.97 s (2-core EPYC).
+    # Objects are still freed by reference counting and atexit handlers still run.
+    gc.freeze()
+    return result
 
 
 if __name__ == "__main__":
