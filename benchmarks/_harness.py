@@ -61,6 +61,19 @@ def spread(values: list[float]) -> str:
     return f"{mid:.2f}" if max(values) - min(values) < 1e-9 else f"{mid:.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
+def trial_processes(script: str, args: Sequence[str], count: int, folder: Path) -> list[dict[str, Any]]:
+    """Run ``script args --trial-json FILE`` in ``count`` fresh processes, one after the other; each writes its
+    timings to FILE. A process's thread pools and memory layout shift its timings by 10-40% on a small VM, so
+    a benchmark reports over several processes."""
+    results = []
+    for k in range(count):
+        path = folder / f"trial{k}.json"
+        print(f"trial {k + 1}/{count}: a fresh process", flush=True)
+        subprocess.run([sys.executable, script, *args, "--trial-json", str(path)], check=True, stdout=subprocess.DEVNULL)
+        results.append(json.loads(path.read_text()))
+    return results
+
+
 def read_json(path: Path) -> dict[str, Any]:
     """A JSON file a run wrote (``metrics.json``, ``compression.json``, ``report.json``)."""
     return json.loads(path.read_text())

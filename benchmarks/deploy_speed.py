@@ -27,8 +27,6 @@ import argparse
 import copy
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -37,7 +35,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from _harness import genexp_train, spread
+from _harness import genexp_train, spread, trial_processes
 from genexp.deploy import latency
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session, session_call
@@ -171,21 +169,6 @@ def time_items(items: list[dict[str, Any]], repeats: int, rounds: int) -> dict[s
     return out
 
 
-def trials_in_processes(args: argparse.Namespace, runs: list[Path], root: Path) -> list[dict[str, Any]]:
-    """``args.trials`` fresh processes, each timing every variant interleaved (``--trial-json``): a process's
-    thread pools and memory layout shift its timings by 10-40% on a small VM, so one process is one sample."""
-    results = []
-    for k in range(args.trials):
-        path = root / f"trial{k}.json"
-        command = [sys.executable, __file__, "--no-quality", "--trials", "1", "--trial-json", str(path),
-                   "--repeats", str(args.repeats), "--rounds", str(args.rounds), "--out", str(root / f"trial{k}")]
-        command += [arg for run in runs for arg in ("--run", str(run))]
-        print(f"trial {k + 1}/{args.trials}: a fresh process", flush=True)
-        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
-        results.append(json.loads(path.read_text()))
-    return results
-
-
 def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args: argparse.Namespace) -> None:
     policy = latency.omp_wait_policy()
     print(f"\nCPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, OMP_WAIT_POLICY "
@@ -232,7 +215,8 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="where trained runs and exports go (default: a temporary folder)")
     parser.add_argument("--trial-json", default=None, help=argparse.SUPPRESS)  # a trial process writes here
     args = parser.parse_args()
-    root = Path(args.out or tempfile.mkdtemp(prefix="deploy_speed-"))
+    # a trial process exports next to its JSON file (trial0/, trial1/, ...)
+    root = Path(args.trial_json).with_suffix("") if args.trial_json else Path(args.out or tempfile.mkdtemp(prefix="deploy_speed-"))
     runs = [Path(r) for r in args.run]
     for family in args.train:
         runs += train(family, args.override, args.quick, root / "runs")
@@ -242,7 +226,12 @@ def main() -> None:
     if args.trial_json:
         Path(args.trial_json).write_text(json.dumps(time_items(items, args.repeats, args.rounds)))
         return
-    trials = trials_in_processes(args, runs, root) if args.trials > 1 else [time_items(items, args.repeats, args.rounds)]
+    if args.trials > 1:
+        trial_args = ["--no-quality", "--trials", "1", "--repeats", str(args.repeats), "--rounds", str(args.rounds),
+                      *[arg for run in runs for arg in ("--run", str(run))]]
+        trials = trial_processes(__file__, trial_args, args.trials, root)
+    else:
+        trials = [time_items(items, args.repeats, args.rounds)]
     print_table(items, trials, args)
     print(f"(exports in {root / 'exports'})")
 

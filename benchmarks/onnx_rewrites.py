@@ -17,14 +17,12 @@ import argparse
 import copy
 import json
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
-from _harness import spread
+from _harness import spread, trial_processes
 from genexp.deploy import latency
 from genexp.deploy.onnx_conv import project_latent
 from genexp.deploy.onnx_export import Graph, export_graph
@@ -71,13 +69,9 @@ def main() -> None:
         result = one_process(args.channels, args.latent, args.repeats, args.rounds, folder)
         Path(args.trial_json).write_text(json.dumps(result))
         return
-    trials = []
-    for k in range(args.trials):
-        path = folder / f"trial{k}.json"
-        subprocess.run([sys.executable, __file__, "--trial-json", str(path), "--channels", str(args.channels),
-                        "--latent", str(args.latent), "--repeats", str(args.repeats), "--rounds", str(args.rounds)],
-                       check=True)
-        trials.append(json.loads(path.read_text()))
+    trial_args = ["--channels", str(args.channels), "--latent", str(args.latent), "--repeats", str(args.repeats),
+                  "--rounds", str(args.rounds)]
+    trials = trial_processes(__file__, trial_args, args.trials, folder)
 
     print(f"\nCPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, "
           f"OMP_WAIT_POLICY {latency.omp_wait_policy()}; {len(trials)} processes x {args.repeats} calls in "

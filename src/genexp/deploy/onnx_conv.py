@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_weights
 
 
 class LatentProjection(nn.Module):
@@ -21,15 +22,13 @@ class LatentProjection(nn.Module):
 
     def __init__(self, conv: nn.ConvTranspose2d, norm: nn.BatchNorm2d | None = None) -> None:
         super().__init__()
-        weight = conv.weight.detach().float()  # (latent, C, k, k)
+        weight, bias = conv.weight.detach().float(), conv.bias  # weight: (latent, C, k, k)
         latent, channels, kh, kw = weight.shape
-        bias = conv.bias.detach().float() if conv.bias is not None else torch.zeros(channels)
-        if norm is not None:
-            gamma = norm.weight.detach().float() if norm.affine else torch.ones(channels)
-            beta = norm.bias.detach().float() if norm.affine else torch.zeros(channels)
-            scale = gamma / torch.sqrt(norm.running_var.float() + norm.eps)
-            weight = weight * scale.view(1, -1, 1, 1)
-            bias = (bias - norm.running_mean.float()) * scale + beta
+        if norm is not None:  # torch's own conv+BN fold; transpose: the output channels are dim 1
+            weight, bias = fuse_conv_bn_weights(
+                weight, bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias, transpose=True
+            )
+        bias = bias.detach().float() if bias is not None else torch.zeros(channels)
         self.shape = (channels, kh, kw)
         self.linear = nn.Linear(latent, channels * kh * kw)
         with torch.no_grad():

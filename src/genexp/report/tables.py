@@ -25,6 +25,12 @@ def fmt(value: Any) -> str:
     return str(value)
 
 
+def _policy(row: dict[str, Any]) -> str:
+    """``, OMP_WAIT_POLICY=...`` when the measuring process had it set (PASSIVE slows torch eager, not ORT)."""
+    policy = row.get("omp_wait_policy", "unset")
+    return "" if policy == "unset" else f", OMP_WAIT_POLICY={policy}"
+
+
 def single_rows(row: dict[str, Any]) -> list[tuple[str, str]]:
     """(figure, value) pairs describing one target."""
     rows = [
@@ -48,8 +54,7 @@ def single_rows(row: dict[str, Any]) -> list[tuple[str, str]]:
         (f"bytes of {row['kind']} file", fmt(row["file_bytes"])),
         (
             f"CPU latency, batch {row['batch_size']} (ms, median, {row.get('backend', 'torch')})",
-            f"{row['latency_ms']:.3f} ({row['threads']} threads, {row.get('cpu', '?')}"
-            + (f", OMP_WAIT_POLICY={row['omp_wait_policy']})" if row.get("omp_wait_policy", "unset") != "unset" else ")"),
+            f"{row['latency_ms']:.3f} ({row['threads']} threads, {row.get('cpu', '?')}{_policy(row)})",
         ),
         ("CPU throughput (samples/s)", fmt(row["throughput_per_s"])),
     ]
