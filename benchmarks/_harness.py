@@ -7,6 +7,7 @@ paths of the bundled data. Tables are printed with rich.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import statistics
@@ -59,6 +60,15 @@ def spread(values: list[float]) -> str:
     """``median`` of several processes' figures, or ``median (lowest-highest)`` when they differ."""
     mid = statistics.median(values)
     return f"{mid:.2f}" if max(values) - min(values) < 1e-9 else f"{mid:.2f} ({min(values):.2f}-{max(values):.2f})"
+
+
+def add_trial_options(parser: argparse.ArgumentParser) -> None:
+    """The options every interleaved latency benchmark shares: calls, rounds, fresh processes, and the hidden
+    ``--trial-json`` through which ``trial_processes`` tells a child process where to write its timings."""
+    parser.add_argument("--repeats", type=int, default=140, help="timed calls per variant (over all rounds)")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds")
+    parser.add_argument("--trials", type=int, default=3, help="fresh processes that each time every variant")
+    parser.add_argument("--trial-json", default=None, help=argparse.SUPPRESS)
 
 
 def trial_processes(script: str, args: Sequence[str], count: int, folder: Path) -> list[dict[str, Any]]:

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
-from _harness import spread, trial_processes
+from _harness import add_trial_options, spread, trial_processes
 from genexp.deploy import latency
 from genexp.deploy.onnx_export import Graph, export_graph
 from genexp.deploy.onnx_runtime import open_session, session_call
@@ -174,10 +174,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=140)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--trials", type=int, default=3, help="fresh processes")
-    parser.add_argument("--trial-json", default=None, help=argparse.SUPPRESS)
+    add_trial_options(parser)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="conv_kernels-"))
     if args.trial_json:

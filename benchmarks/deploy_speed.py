@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from _harness import genexp_train, spread, trial_processes
+from _harness import add_trial_options, genexp_train, spread, trial_processes
 from genexp.deploy import latency
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session, session_call
@@ -208,12 +208,9 @@ def main() -> None:
     parser.add_argument("--train", action="append", default=[], choices=sorted(RECIPES), help="train dense + 50%% structured")
     parser.add_argument("--override", action="append", default=[], help="genexp-train override for --train (every family)")
     parser.add_argument("--quick", action="store_true", help="tiny training: checks that the script runs")
-    parser.add_argument("--repeats", type=int, default=140, help="timed calls per variant and batch (over all rounds)")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--trials", type=int, default=3, help="fresh processes that each time every variant")
+    add_trial_options(parser)
     parser.add_argument("--no-quality", action="store_true", help="skip the quality of each variant")
     parser.add_argument("--out", default=None, help="where trained runs and exports go (default: a temporary folder)")
-    parser.add_argument("--trial-json", default=None, help=argparse.SUPPRESS)  # a trial process writes here
     args = parser.parse_args()
     # a trial process exports next to its JSON file (trial0/, trial1/, ...)
     root = Path(args.trial_json).with_suffix("") if args.trial_json else Path(args.out or tempfile.mkdtemp(prefix="deploy_speed-"))

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from _harness import spread, trial_processes
+from _harness import add_trial_options, spread, trial_processes
 from genexp.deploy import latency
 from genexp.deploy.onnx_conv import project_latent
 from genexp.deploy.onnx_export import Graph, export_graph
@@ -59,10 +59,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--channels", type=int, default=64, help="model.g_channels (gan_digits: 64)")
     parser.add_argument("--latent", type=int, default=100, help="model.latent_dim (gan_digits: 100)")
-    parser.add_argument("--repeats", type=int, default=140)
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--trials", type=int, default=3, help="fresh processes")
-    parser.add_argument("--trial-json", default=None, help=argparse.SUPPRESS)
+    add_trial_options(parser)
     args = parser.parse_args()
     folder = Path(tempfile.mkdtemp(prefix="onnx_rewrites-"))
     if args.trial_json:
