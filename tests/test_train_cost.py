@@ -1,11 +1,14 @@
 """Training cost: time to target, the stop at the target, the validation curve, the low-bit optimizer
-refusal on the CPU, activation checkpointing, and the optimizer study end to end (its comparison included)."""
+refusal on the CPU, activation checkpointing, the optimizer study end to end (its comparison included), and
+``benchmarks/gpu_check.py`` leaving a machine without a GPU cleanly."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -151,3 +154,13 @@ def test_optimizer_study_end_to_end(cli, tmp_path: Path) -> None:
     assert report["curves_plot"] == "curves.png" and (compare / "curves.png").stat().st_size > 10_000
     markdown = (compare / "report.md").read_text()
     assert "## Training cost" in markdown and "steps to target" in markdown and "curves.png" in markdown
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script runs its 8-minute check")
+def test_gpu_check_says_there_is_no_gpu_and_exits_0(tmp_path: Path) -> None:
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+    done = subprocess.run([sys.executable, str(script), "--steps", "2"], capture_output=True, text=True,
+                          timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "gpu_check: no CUDA GPU on this machine; nothing to measure (exit 0)"
+    assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written
