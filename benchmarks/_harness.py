@@ -71,6 +71,17 @@ def add_trial_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trial-json", default=None, help=argparse.SUPPRESS)
 
 
+def latency_header() -> str:
+    """``CPU: <model> (<int8/bf16 flags>), N threads, OMP_WAIT_POLICY <value>``: what every latency table starts
+    with (``PASSIVE`` slows torch eager 20-90% and not ONNX Runtime, so the policy goes beside the figures)."""
+    import torch
+
+    from genexp.deploy import latency
+
+    return (f"CPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, "
+            f"OMP_WAIT_POLICY {latency.omp_wait_policy()}")
+
+
 def trial_processes(script: str, args: Sequence[str], count: int, folder: Path) -> list[dict[str, Any]]:
     """Run ``script args --trial-json FILE`` in ``count`` fresh processes, one after the other; each writes its
     timings to FILE. A process's thread pools and memory layout shift its timings by 10-40% on a small VM, so

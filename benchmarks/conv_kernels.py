@@ -21,14 +21,16 @@ import argparse
 import json
 import statistics
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from onnxruntime.quantization import QuantType, quantize_dynamic
 from torch import nn
 
-from _harness import add_trial_options, spread, trial_processes
+from _harness import add_trial_options, latency_header, spread, trial_processes
 from genexp.deploy import latency
 from genexp.deploy.onnx_export import Graph, export_graph
 from genexp.deploy.onnx_runtime import open_session, session_call
@@ -134,39 +136,40 @@ def one_process(batch: int, repeats: int, rounds: int, folder: Path) -> dict[str
             with torch.no_grad():
                 want = layer(x)
             for variant, module, feed in graphs:
+                feed = feed.contiguous()
                 path = export_graph(
-                    Graph(f"{family}{k}", module.eval(), (feed.contiguous(),), ["x"], ["y"], {"x": {0: "n"}}),
-                    folder / f"{family}{k}_{len(calls)}.onnx",
+                    Graph(f"{family}{k}", module.eval(), (feed,), ["x"], ["y"], {"x": {0: "n"}}),
+                    folder / f"{family}{k}_{VARIANTS.index(variant)}.onnx",
                     17,
                 )
-                check_layer(name, variant, open_session(path), feed, want, 1e-4)
-                calls[(name, variant)] = session_call(open_session(path), {"x": feed.contiguous().numpy()})
+                calls[(name, variant)], _ = checked_call(name, variant, path, feed, want, 1e-4)
                 if variant == VARIANTS[3]:
                     int8 = path.with_suffix(".int8.onnx")
                     quantize_dynamic(str(path), str(int8), weight_type=QuantType.QInt8)
-                    out.setdefault(name, {})["int8 max error"] = check_layer(
-                        name, VARIANTS[4], open_session(int8), feed, want, None
+                    calls[(name, VARIANTS[4])], error = checked_call(
+                        name, VARIANTS[4], int8, feed, want, None
                     )
-                    calls[(name, VARIANTS[4])] = session_call(
-                        open_session(int8), {"x": feed.contiguous().numpy()}
-                    )
+                    out.setdefault(name, {})["int8 max error"] = error
     timed = latency.interleaved_latency(calls, repeats, 3, rounds)  # type: ignore[arg-type]
     for (name, variant), numbers in timed.items():
         out.setdefault(name, {})[variant] = numbers["median_ms"]
     return out
 
 
-def check_layer(
-    name: str, variant: str, session: object, feed: torch.Tensor, want: torch.Tensor, tol: float | None
-) -> float:
-    """Max abs error of ``session`` against torch's output; raises when it exceeds ``tol``."""
-    got = torch.from_numpy(session.run(None, {"x": feed.contiguous().numpy()})[0])  # type: ignore[attr-defined]
+def checked_call(
+    name: str, variant: str, path: Path, feed: torch.Tensor, want: torch.Tensor, tol: float | None
+) -> tuple[Callable[[], Any], float]:
+    """A timing call for the graph at ``path`` and its max abs error against torch's output ``want``; exits
+    when the error exceeds ``tol``."""
+    session = open_session(path)
+    feeds = {"x": feed.numpy()}
+    got = torch.from_numpy(session.run(None, feeds)[0])
     if "im2col" in variant:
         got = got.permute(0, 3, 1, 2)  # channels-last back to NCHW
     error = float((got - want).abs().max())
     if tol is not None and not error <= tol:  # NaN fails too
         raise SystemExit(f"{name}, {variant}: output differs from torch by {error:.2e} (> {tol})")
-    return error
+    return session_call(session, feeds), error
 
 
 def main() -> None:
@@ -185,8 +188,7 @@ def main() -> None:
     trial_args = ["--batch", str(args.batch), "--repeats", str(args.repeats), "--rounds", str(args.rounds)]
     trials = trial_processes(__file__, trial_args, args.trials, folder)
     print(
-        f"\nCPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, "
-        f"OMP_WAIT_POLICY {latency.omp_wait_policy()}; batch {args.batch}; {len(trials)} processes x "
+        f"\n{latency_header()}; batch {args.batch}; {len(trials)} processes x "
         f"{args.repeats} calls in {args.rounds} interleaved rounds; x = torch ms / variant ms\n"
     )
     print("| layer | " + " | ".join(f"{v}, ms | x" for v in VARIANTS) + " | int8 max error |")

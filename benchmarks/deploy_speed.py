@@ -35,7 +35,7 @@ from typing import Any
 import torch
 from omegaconf import OmegaConf
 
-from _harness import add_trial_options, genexp_train, spread, trial_processes
+from _harness import add_trial_options, genexp_train, latency_header, spread, trial_processes
 from genexp.deploy import latency
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session, session_call
@@ -171,8 +171,7 @@ def time_items(items: list[dict[str, Any]], repeats: int, rounds: int) -> dict[s
 
 def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args: argparse.Namespace) -> None:
     policy = latency.omp_wait_policy()
-    print(f"\nCPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, OMP_WAIT_POLICY "
-          f"{policy}; {len(trials)} process(es), each the median of {args.repeats} calls in {args.rounds} "
+    print(f"\n{latency_header()}; {len(trials)} process(es), each the median of {args.repeats} calls in {args.rounds} "
           "interleaved rounds; ms: median over processes; x = dense torch fp32 eager / this, median (min-max) "
           "over processes\n")
     if policy.upper() == "PASSIVE":

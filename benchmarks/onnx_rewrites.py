@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from _harness import add_trial_options, spread, trial_processes
+from _harness import add_trial_options, latency_header, spread, trial_processes
 from genexp.deploy import latency
 from genexp.deploy.onnx_conv import project_latent
 from genexp.deploy.onnx_export import Graph, export_graph
@@ -42,12 +42,13 @@ def one_process(channels: int, latent: int, repeats: int, rounds: int, folder: P
     z = torch.randn(2, latent)
     paths = [export_graph(Graph("g", net, (z,), ["z"], ["images"], axes), folder / f"{name}.onnx", 17)
              for name, net in (("plain", generator), ("gemm", rewritten))]
+    sessions = [open_session(path) for path in paths]
     calls = {}
     for batch in (64, 1):
         example = torch.randn(batch, latent)
         calls[(VARIANTS[0], batch)] = latency.torch_call(generator, example)
-        for variant, path in zip(VARIANTS[1:], paths, strict=True):
-            calls[(variant, batch)] = session_call(open_session(path), {"z": example.numpy()})
+        for variant, session in zip(VARIANTS[1:], sessions, strict=True):
+            calls[(variant, batch)] = session_call(session, {"z": example.numpy()})
     timed = latency.interleaved_latency(calls, repeats, 3, rounds)  # type: ignore[arg-type]
     out: dict[str, dict[str, float]] = {}
     for (variant, batch), numbers in timed.items():
@@ -70,8 +71,7 @@ def main() -> None:
                   "--rounds", str(args.rounds)]
     trials = trial_processes(__file__, trial_args, args.trials, folder)
 
-    print(f"\nCPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, "
-          f"OMP_WAIT_POLICY {latency.omp_wait_policy()}; {len(trials)} processes x {args.repeats} calls in "
+    print(f"\n{latency_header()}; {len(trials)} processes x {args.repeats} calls in "
           f"{args.rounds} interleaved rounds; GAN generator, {args.channels} channels, latent {args.latent}\n")
     print("| variant | batch 64, ms | x torch | x unrewritten | batch 1, ms | x torch | x unrewritten |")
     print("|---|---:|---:|---:|---:|---:|---:|")
