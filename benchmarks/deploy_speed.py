@@ -90,15 +90,16 @@ def callbacks_for(family: str, data_dir: Path) -> list[Any]:
     return [SampleQuality(cache_dir=str(data_dir), seed=12345)]
 
 
-def measure_run(run: Path, out: Path, quality: bool, data_dir: Path) -> dict[str, Any]:
+def measure_run(run: Path, out: Path, quality: bool, data_dir: Path, tolerance: float = 0.1) -> dict[str, Any]:
     """Export one run (fp32 + int8) and build its variants: label -> (main graph call maker, quality)."""
     loaded = load_any(find_checkpoint(run, "--run"), key="--run")
     family = family_of(loaded.config)
     folder = out / run.name
-    write_package(
+    info = write_package(
         export_family(loaded.model, loaded.datamodule),
         folder,
         quantize="int8",
+        tolerance=tolerance,
         batch_size=BATCH[family.name],
         timing={"repeats": 0},
     )
@@ -106,6 +107,9 @@ def measure_run(run: Path, out: Path, quality: bool, data_dir: Path) -> dict[str
                "enable_model_summary": False}
     variants: dict[str, Any] = {}
     for variant, suffix in (("torch fp32 eager", None), ("onnxruntime fp32", ".onnx"), ("onnxruntime int8", ".int8.onnx")):
+        if suffix == ".int8.onnx" and "int8" not in info["variants"]:  # missed its tolerance: a row that says so
+            variants[variant] = {"suffix": suffix, "missed": info["int8"]["missed"]}
+            continue
         if suffix is None:
             model = loaded.model
         else:
@@ -120,10 +124,15 @@ def measure_run(run: Path, out: Path, quality: bool, data_dir: Path) -> dict[str
     return {"run": run, "loaded": loaded, "family": family, "folder": folder, "variants": variants, "params": params}
 
 
+def timed_variants(item: dict[str, Any]) -> dict[str, Any]:
+    """The variants that have a graph to time (an int8 graph that missed its tolerance has none)."""
+    return {variant: spec for variant, spec in item["variants"].items() if "missed" not in spec}
+
+
 def calls_for(item: dict[str, Any], batch: int) -> dict[str, Any]:
     main = graphs_of(item["loaded"].model, batch)[0]
     calls = {}
-    for variant, spec in item["variants"].items():
+    for variant, spec in timed_variants(item).items():
         if spec["suffix"] is None:
             calls[variant] = latency.torch_call(main.module, main.example)
         else:
@@ -137,7 +146,7 @@ def generation(item: dict[str, Any]) -> dict[str, float]:
     main = graphs_of(model, 1)[0]
     prompt = model.encode(model.sample_prompt).cpu().numpy().reshape(1, -1)
     out = {}
-    for variant, spec in item["variants"].items():
+    for variant, spec in timed_variants(item).items():
         if spec["suffix"] is None:
             def step(ids: Any, net: Any = main.module) -> Any:
                 with torch.inference_mode():
@@ -186,6 +195,11 @@ def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args:
         fam, run = item["family"].name, item["run"].name
         base, big = dense_of[fam], str(BATCH[fam])
         for variant, spec in item["variants"].items():
+            if "missed" in spec:
+                missed = spec["missed"]
+                print(f"| {fam} | {run} | {variant} | {item['params']:,} | not written: relative error "
+                      f"{missed['relative_error']:.3f} > tolerance {missed['tolerance']} | – | – | – | – | – | – |")
+                continue
             cells = []
             for batch in (big, "1"):
                 ms = [t["ms"][run][variant][batch] for t in trials]
@@ -209,6 +223,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="tiny training: checks that the script runs")
     add_trial_options(parser)
     parser.add_argument("--no-quality", action="store_true", help="skip the quality of each variant")
+    parser.add_argument("--tolerance", type=float, default=0.1, help="int8: largest relative error against fp32")
     parser.add_argument("--out", default=None, help="where trained runs and exports go (default: a temporary folder)")
     args = parser.parse_args()
     # a trial process exports next to its JSON file (trial0/, trial1/, ...)
@@ -218,12 +233,12 @@ def main() -> None:
         runs += train(family, args.override, args.quick, root / "runs")
     if not runs:
         parser.error("give --run DIR or --train FAMILY")
-    items = [measure_run(run, root / "exports", not args.no_quality, Path("data")) for run in runs]
+    items = [measure_run(run, root / "exports", not args.no_quality, Path("data"), args.tolerance) for run in runs]
     if args.trial_json:
         Path(args.trial_json).write_text(json.dumps(time_items(items, args.repeats, args.rounds)))
         return
     if args.trials > 1:
-        trial_args = ["--no-quality", "--trials", "1", "--repeats", str(args.repeats), "--rounds", str(args.rounds),
+        trial_args = ["--no-quality", "--tolerance", str(args.tolerance), "--trials", "1", "--repeats", str(args.repeats), "--rounds", str(args.rounds),
                       *[arg for run in runs for arg in ("--run", str(run))]]
         trials = trial_processes(__file__, trial_args, args.trials, root)
     else:

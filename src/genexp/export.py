@@ -25,6 +25,7 @@ from genexp.build import build_callbacks
 from genexp.checks import boolean
 from genexp.deploy.onnx_export import check_opset, export_folder
 from genexp.deploy.onnx_package import check_quantize, write_package
+from genexp.deploy.onnx_quantize import int8_scheme
 from genexp.deploy.onnx_runtime import open_session
 from genexp.errors import ConfigError, report_errors
 from genexp.onnx_families import family_of, graphs_of, install_graphs
@@ -42,6 +43,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.target``; returns model.json's contents."""
     check_trainer(cfg)
     quantize = check_quantize(cfg.get("quantize"))
+    scheme = str(cfg.get("int8_scheme", "auto"))
+    int8_scheme(scheme)  # a bad value fails here, before anything loads
     opset = check_opset(cfg.get("opset"))
     tolerance = cfg.get("tolerance")
     if not isinstance(tolerance, (int, float)) or isinstance(tolerance, bool) or not tolerance > 0:
@@ -86,6 +89,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         source=origin,
         quality=quality if cfg.get("measure") else None,
         timing=dict(cfg.report) if cfg.get("measure") else {"repeats": 0},
+        scheme=scheme,
     )
     print_export(folder, info)
     return info
@@ -109,6 +113,17 @@ def print_export(folder: Path, info: dict[str, Any], console: Console | None = N
         table.add_row(name, f"{graph['bytes'] / 1024:.1f}", graph["precision"])
     out = console or Console(width=160)
     out.print(table)
+    int8 = info.get("int8")
+    if int8:
+        scheme = f"{int8['scheme']['weights_bits']}-bit weights: {int8['scheme']['reason']}"
+        if int8["written"]:
+            out.print(f"int8 scheme: {scheme}")
+        else:
+            missed = int8["missed"]
+            out.print(
+                f"int8 not written: {missed['graph']} at a relative error of {missed['relative_error']:.4f} "
+                f"(tolerance {missed['tolerance']}; {scheme})"
+            )
     latency = info.get("latency")
     if latency:
         timing = Table(title=f"latency ({latency['threads']} threads, {latency['cpu']}), ms median [p10-p90]")

@@ -133,13 +133,21 @@ def omp_wait_policy() -> str:
 
 
 def cpu_flags() -> list[str]:
-    """The CPU flags that decide int8 and bf16 speed (AVX2, AVX-512, VNNI, BF16, AMX) present here."""
+    """The CPU flags that decide int8 and bf16 speed (AVX2, AVX-512, VNNI, BF16, AMX) present here.
+
+    Read from CPUID through torch (``torch.cpu.get_capabilities``, where this torch has it), so they are the
+    flags the kernels dispatch on (also on macOS, or under an emulator that hides some), else ``/proc/cpuinfo``.
+    """
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
+    capabilities = getattr(torch.cpu, "get_capabilities", None)
+    if capabilities is not None:
+        found = {name.replace("avx512_f", "avx512f") for name, on in capabilities().items() if on is True}
+        return [f for f in wanted if f in found]
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
     flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8", "amx_bf16")
     return [f for f in wanted if f in flags]
 
 

@@ -9,6 +9,7 @@ and it is written under a temporary name and renamed when complete, so a failure
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from collections.abc import Callable
@@ -29,10 +30,11 @@ from genexp.deploy.latency import (
     torch_call,
 )
 from genexp.deploy.onnx_export import FORMAT, Family, Graph, export_graph, initializer_counts, io_of
-from genexp.deploy.onnx_quantize import quantize_graph
+from genexp.deploy.onnx_quantize import Int8ToleranceMiss, int8_scheme, quantize_graph
 from genexp.deploy.onnx_runtime import open_session, session_call
 from genexp.errors import ConfigError, GenexpError
 
+log = logging.getLogger(__name__)
 QUANTIZE = ("none", "int8")
 JSON_FILE = "model.json"
 GENERATION_TOKENS = 256
@@ -56,10 +58,15 @@ def write_package(
     source: dict[str, Any] | None = None,
     quality: Callable[[Path, str], dict[str, float]] | None = None,
     timing: dict[str, int] | None = None,
+    scheme: str = "auto",
 ) -> dict[str, Any]:
     """Export ``family``'s graphs into ``folder`` (which must not exist), quantize, measure, write model.json.
 
+    An int8 graph that misses ``tolerance`` is not written: model.json's ``int8`` says by how much, the fp32
+    graphs ship alone and a warning names the figure (no exception).
+
     Args:
+        scheme: the int8 weight scheme (``onnx_quantize.int8_scheme``): ``auto`` (by this CPU), ``8bit``, ``7bit``.
         quality: ``quality(folder, variant)`` -> metrics of the variant ``"fp32"`` / ``"int8"`` (and ``"torch"``);
             None skips quality.
         timing: ``repeats``, ``rounds``, ``warmup`` of the latency (``repeats=0`` skips latency).
@@ -71,7 +78,7 @@ def write_package(
     tmp = folder.with_name(f".{folder.name}.partial")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
-        info = _write(family, tmp, quantize, opset, tolerance, calibration_batches, batch_size)
+        info = _write(family, tmp, quantize, opset, tolerance, calibration_batches, batch_size, scheme)
         info["source"] = source or {}
         if quality is not None:
             info["quality"] = {variant: quality(tmp, variant) for variant in ("torch", *info["variants"])}
@@ -93,30 +100,64 @@ def _write(
     tolerance: float,
     calibration_batches: int,
     batch_size: int,
+    scheme: str = "auto",
 ) -> dict[str, Any]:
     graphs = family.graphs(2)
     files: dict[str, Any] = {}
-    batches = family.inputs(max(calibration_batches, 1), batch_size)
     for graph in graphs:
         path = export_graph(graph, folder / graph.file, opset)
-        files[graph.file] = {**io_of(path), **initializer_counts(path), "bytes": path.stat().st_size, "precision": "fp32"}
-        if quantize == "int8":
-            feeds = family.feeds(graph, batches, graphs)
-            recipe = quantize_graph(
-                path, folder / graph.int8_file(), family.int8, feeds[0], feeds, tolerance, family.static_options
-            )
-            int8 = folder / graph.int8_file()
-            files[int8.name] = {**io_of(int8), **initializer_counts(int8), "bytes": int8.stat().st_size, "precision": "int8", "quantization": recipe}
-    return {
+        files[graph.file] = {**_file_facts(path), "precision": "fp32"}
+    info = {
         "format": FORMAT,
         "family": family.name,
         "model": family.model,
         "graphs": files,
         "main": "model.onnx",
-        "variants": ["fp32", "int8"] if quantize == "int8" else ["fp32"],
+        "variants": ["fp32"],
         "usage": family.usage,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
     }
+    if quantize == "int8":
+        info["int8"] = _write_int8(family, graphs, folder, files, tolerance, calibration_batches, batch_size, scheme)
+        if info["int8"]["written"]:
+            info["variants"].append("int8")
+    return info
+
+
+def _write_int8(
+    family: Family,
+    graphs: list[Graph],
+    folder: Path,
+    files: dict[str, Any],
+    tolerance: float,
+    calibration_batches: int,
+    batch_size: int,
+    scheme: str,
+) -> dict[str, Any]:
+    """Quantize every graph under one scheme; all graphs or none (a miss removes the ones already written)."""
+    chosen = int8_scheme(scheme)
+    batches = family.inputs(max(calibration_batches, 1), batch_size)
+    written: list[Path] = []
+    for graph in graphs:
+        feeds = family.feeds(graph, batches, graphs)
+        int8 = folder / graph.int8_file()
+        try:
+            recipe = quantize_graph(
+                folder / graph.file, int8, family.int8, feeds[0], feeds, tolerance, family.static_options, chosen
+            )
+        except Int8ToleranceMiss as miss:
+            log.warning("%s; the fp32 graphs ship alone (model.json: int8)", miss)
+            for path in written:
+                files.pop(path.name)
+                path.unlink()
+            return {"written": False, "scheme": chosen, "missed": {"graph": graph.file, **miss.check}}
+        written.append(int8)
+        files[int8.name] = {**_file_facts(int8), "precision": "int8", "quantization": recipe}
+    return {"written": True, "scheme": chosen}
+
+
+def _file_facts(path: Path) -> dict[str, Any]:
+    return {**io_of(path), **initializer_counts(path), "bytes": path.stat().st_size}
 
 
 def latency_table(

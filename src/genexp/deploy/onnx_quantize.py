@@ -8,8 +8,13 @@ written.
   that ORT fuses into int8 kernels): per-channel int8 weights, uint8 activations whose ranges are
   calibrated (MinMax) on batches of the run's own inputs. A family may narrow it (``static_options``): the
   diffusion UNet quantizes only its Conv/Gemm/MatMul (the time embedding's ``1000 t`` angles and the SiLU/Add
-  glue stay float) with ``reduce_range`` (7-bit weights): ORT's fused u8×s8 x86 kernels saturate their int16
-  pair sums on its input conv (0.40 relative error from that conv alone, 0.02 with QDQ simulated in float).
+  glue stay float).
+
+The **scheme** (``int8_scheme``) follows the CPU that quantizes, for both methods: ONNX Runtime's u8×s8 kernels on
+an x86 CPU without VNNI multiply with ``vpmaddubsw``, whose int16 sum of two uint8×int8 products saturates
+(255·127·2 > 32767), so the error depends on the weights. There the weights get 7 bits (``reduce_range``:
+255·63·2 fits in int16) and the graph is exact on every CPU; with VNNI (``vpdpbusd`` sums in int32), or on a
+non-x86 CPU, they keep all 8. ``model.json`` records the scheme and why.
 
 The check runs both graphs on the check feeds and compares the first output: the relative RMS error
 ``||int8 - fp32|| / ||fp32||`` must be at most ``tolerance``, else nothing is written and a GenexpError says by
@@ -20,17 +25,22 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Mapping
+import platform
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from genexp.deploy.latency import cpu_flags
 from genexp.deploy.onnx_runtime import open_session
-from genexp.errors import GenexpError
+from genexp.errors import ConfigError, GenexpError
 
 METHODS = ("dynamic", "static")
+SCHEMES = ("auto", "8bit", "7bit")  # auto: by the CPU's flags; 8bit / 7bit: the weights' bits, whatever the CPU
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 DYNAMIC_OPS = ("MatMul", "Gemm", "Attention")  # Attention: onnx_attention's fused op, quantized to QAttention
 Feeds = Mapping[str, np.ndarray]
 
@@ -45,6 +55,42 @@ def _quiet() -> Any:
         yield
     finally:
         root.setLevel(level)
+
+
+class Int8ToleranceMiss(GenexpError):
+    """The int8 graph missed its tolerance against fp32; ``check`` holds the figures."""
+
+    def __init__(self, message: str, check: dict[str, float]) -> None:
+        super().__init__(message)
+        self.check = check
+
+
+def int8_scheme(requested: str = "auto", flags: Sequence[str] | None = None, machine: str | None = None) -> dict[str, Any]:
+    """The int8 weight scheme: ``{"weights_bits": 8 | 7, "reduce_range": bool, "reason": str}``.
+
+    Args:
+        requested: ``auto`` (by the CPU), ``8bit`` or ``7bit`` (as asked, e.g. for a graph that ships to another
+            kind of CPU).
+        flags, machine: the CPU's flags (``deploy.latency.cpu_flags``) and architecture (``platform.machine``);
+            None reads this machine's.
+    """
+    if requested not in SCHEMES:
+        raise ConfigError("int8_scheme", requested, f"one of {list(SCHEMES)}")
+    if requested != "auto":
+        bits = int(requested[0])
+        return {"weights_bits": bits, "reduce_range": bits == 7, "reason": f"int8_scheme={requested} was asked for"}
+    flags = cpu_flags() if flags is None else list(flags)
+    machine = (platform.machine() if machine is None else machine).lower()
+    vnni = sorted(set(VNNI_FLAGS) & set(flags))
+    if machine not in X86:
+        reason = f"{machine} CPU: its int8 dot products sum in int32, no saturation"
+        return {"weights_bits": 8, "reduce_range": False, "reason": reason}
+    if vnni:
+        reason = f"x86 with {vnni[0]}: u8×s8 products sum in int32 (vpdpbusd), no saturation"
+        return {"weights_bits": 8, "reduce_range": False, "reason": reason}
+    known = "x86 without VNNI" if flags else "x86, CPU flags unknown"
+    reason = f"{known}: u8×s8 pair sums saturate int16 (vpmaddubsw) with 8-bit weights; 7-bit weights fit"
+    return {"weights_bits": 7, "reduce_range": True, "reason": reason}
 
 
 class _Reader:
@@ -69,11 +115,12 @@ def quantize_graph(
     calibration: Iterable[Feeds] = (),
     tolerance: float = 0.1,
     static_options: Mapping[str, Any] | None = None,
+    scheme: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the int8 version of ``source`` to ``target`` once it passes the check; returns its recipe and check.
 
-    ``static_options``: ``op_types`` (the op types to quantize; default all ORT supports) and ``reduce_range``
-    (7-bit weights) for ``static``.
+    ``static_options``: ``op_types`` (the op types to quantize; default all ORT supports) for ``static``.
+    ``scheme``: an ``int8_scheme`` (default: this CPU's). A miss raises ``Int8ToleranceMiss``.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -85,11 +132,25 @@ def quantize_graph(
 
     if method not in METHODS:
         raise GenexpError(f"quantize: unknown int8 method {method!r} (expected one of {list(METHODS)})")
+    scheme = dict(scheme or int8_scheme())
+    reduce_range = bool(scheme["reduce_range"])
+    bits = f"int8 ({7 if reduce_range else 8}-bit range)"
     tmp = target.with_name(f".{target.name}.tmp")
     with _quiet():
         if method == "dynamic":
-            quantize_dynamic(source, tmp, op_types_to_quantize=list(DYNAMIC_OPS), weight_type=QuantType.QInt8)
-            recipe = {"method": "dynamic", "ops": list(DYNAMIC_OPS), "weights": "int8 per tensor", "activations": "int8, dynamic"}
+            quantize_dynamic(
+                source,
+                tmp,
+                op_types_to_quantize=list(DYNAMIC_OPS),
+                weight_type=QuantType.QInt8,
+                reduce_range=reduce_range,
+            )
+            recipe = {
+                "method": "dynamic",
+                "ops": list(DYNAMIC_OPS),
+                "weights": f"{bits} per tensor",
+                "activations": "int8, dynamic",
+            }
         else:
             reader = _Reader(calibration)
             CalibrationDataReader.register(_Reader)
@@ -103,27 +164,28 @@ def quantize_graph(
                 per_channel=True,
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
-                reduce_range=bool(options.get("reduce_range", False)),
+                reduce_range=reduce_range,
                 **narrow,
             )
             recipe = {
                 "method": "static QDQ",
-                "weights": "int8 per channel",
+                "weights": f"{bits} per channel",
                 "activations": "uint8, MinMax-calibrated",
                 "calibration_batches": len(list(calibration)) if isinstance(calibration, list) else None,
                 **({"ops": list(options["op_types"])} if options.get("op_types") else {}),
-                **({"reduce_range": True} if options.get("reduce_range") else {}),
             }
     check = compare_graphs(source, tmp, check_feeds)
     check["tolerance"] = tolerance
     if not check["relative_error"] <= tolerance:
         tmp.unlink(missing_ok=True)
-        raise GenexpError(
+        raise Int8ToleranceMiss(
             f"quantize=int8: {target.name} differs from {source.name} by a relative error of "
-            f"{check['relative_error']:.4f} (tolerance {tolerance}); not written"
+            f"{check['relative_error']:.4f} (tolerance {tolerance}, {scheme['weights_bits']}-bit weights); "
+            "not written",
+            check,
         )
     os.replace(tmp, target)
-    return {**recipe, "check": check}
+    return {**recipe, "scheme": scheme, "check": check}
 
 
 def compare_graphs(reference: Path, candidate: Path, feeds: Feeds) -> dict[str, float]:
