@@ -30,14 +30,25 @@ def run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Completed
     return result
 
 
+def reuse_site_packages(venv: Path) -> None:
+    """Make the running interpreter's site-packages (a venv's, the system's or the user's: wherever pytest found
+    genexp's dependencies) importable in ``venv``, after its own: a ``.pth`` file of plain paths. Their own
+    ``.pth`` files are not read, so an editable genexp there stays invisible and the wheel's is the one imported.
+    (``venv --system-site-packages`` would reach the base interpreter only, not the venv pytest runs in.)"""
+    (purelib,) = {Path(p) for p in venv.glob("lib/python*/site-packages")}
+    here = [p for p in sys.path if p.endswith(("site-packages", "dist-packages")) and Path(p).is_dir()]
+    (purelib / "_genexp_test_dependencies.pth").write_text("\n".join(here) + "\n")
+
+
 def test_wheel_in_a_fresh_venv_trains_one_epoch_from_a_temp_folder(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")}
     wheels = tmp_path / "wheels"
     run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)], tmp_path, env)
     (wheel,) = wheels.glob("genexp-*.whl")
-    venv = tmp_path / "venv"  # the dependencies come from this interpreter's site-packages; genexp from the wheel
-    run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], tmp_path, env)
+    venv = tmp_path / "venv"  # genexp from the wheel; its dependencies from this interpreter's site-packages
+    run([sys.executable, "-m", "venv", str(venv)], tmp_path, env)
     bin_dir = venv / "bin"
+    reuse_site_packages(venv)
     run([str(bin_dir / "python"), "-m", "pip", "install", "-q", "--no-deps", str(wheel)], tmp_path, env)
 
     work = tmp_path / "elsewhere"  # no conf/ here, no source tree above

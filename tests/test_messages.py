@@ -67,3 +67,28 @@ def test_a_default_run_console_is_quiet(cli, extra) -> None:
     for noise in ("Failed to load", "litmodels", "litlogger", "💡", "deprecated", "srun"):
         assert noise not in console, (noise, console[-3000:])
     assert "Run folder:" in console and "Metrics:" in console
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [("target.metric=val/nonexistent", "target.metric"), ("optimized_metric=val/nonexistent", "optimized_metric")],
+)
+@pytest.mark.parametrize("sanity", [[], ["+trainer.num_sanity_val_steps=0"]])
+def test_a_metric_the_run_never_logs_fails_before_training(cli, tmp_path: Path, override, key, sanity) -> None:
+    result = cli([*FAST, "model.hidden_channels=8", override, "target.value=1", *sanity])
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert f"{key}='val/nonexistent': expected a metric the run logs in validation:" in line
+    assert "val/loss" in line and "val/nelbo" in line  # the metrics it does log
+    (run,) = run_dirs(tmp_path)
+    trained = [] if sanity else list((run / "checkpoints").glob("*.ckpt"))  # sanity check: before any step
+    assert not trained and not (run / "metrics.json").exists()
+
+
+def test_a_metric_a_callback_logs_later_passes_the_check(cli, tmp_path: Path) -> None:
+    result = cli([*FAST, "model=gan", "model.g_channels=8", "model.d_channels=8", "callbacks=quality",
+                  "callbacks.sample_quality.every_n_epochs=1", "callbacks.sample_quality.num_samples=50",
+                  "target.metric=val/fid", "target.value=1e9"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = json.loads((run_dirs(tmp_path)[0] / "metrics.json").read_text())
+    assert metrics["cost/target_step"] > 0  # reached in the first validation that scored samples

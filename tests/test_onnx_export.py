@@ -259,7 +259,8 @@ def test_compare_mixes_torch_and_onnx_rows(runs: dict[str, Path], tmp_path: Path
     assert set(rows) == {"dense", "ORT dense", "ORT int8"} and summary["skipped"] == []
     assert rows["dense"]["is_baseline"] and rows["dense"]["backend"] == "torch"
     assert rows["ORT int8"]["backend"] == "onnxruntime"
-    assert rows["ORT int8"]["slower_than_dense"] == (rows["ORT int8"]["latency_ms"] > rows["ORT dense"]["latency_ms"])
+    slower = rows["ORT int8"]["latency_p10_ms"] > rows["ORT dense"]["latency_p90_ms"]  # beyond the noise
+    assert rows["ORT int8"]["slower_than_dense"] == slower
     table = (tmp_path / "c" / "report.md").read_text()
     assert "onnxruntime" in table and "x dense, same backend" in table
 

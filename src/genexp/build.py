@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from genexp.errors import ConfigError, GenexpError
+from genexp.metrics.logged_check import LoggedMetricCheck
 from genexp.models.base import GenerativeModule
 
 
@@ -92,7 +93,8 @@ def lr_override(cfg: DictConfig) -> dict[str, float]:
 
 
 def build_callbacks(cfg: DictConfig) -> list[Callback]:
-    """Every callback under ``callbacks``, every selected ``compression`` option, and the target's stop."""
+    """Every callback under ``callbacks``, every selected ``compression`` option, the target's stop, and the check
+    that ``target.metric`` and ``optimized_metric`` name metrics the run logs (before training)."""
     callbacks: list[Callback] = []
     for group in ("callbacks", "compression"):
         for name, node in (cfg.get(group) or {}).items():
@@ -103,6 +105,8 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
         from genexp.metrics.cost import target_stopper
 
         callbacks.append(target_stopper(target.get("metric"), target.get("value"), target.get("mode", "min")))
+    named = {"target.metric": target.get("metric") if isinstance(target, DictConfig) else None}
+    callbacks.append(LoggedMetricCheck({**named, "optimized_metric": cfg.get("optimized_metric")}))
     return callbacks
 
 

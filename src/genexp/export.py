@@ -32,6 +32,7 @@ from genexp.onnx_families import family_of, graphs_of, install_graphs
 from genexp.rebuild import Loaded, find_checkpoint, is_run_folder, load_any
 from genexp.report.measure_run import test_quality
 from genexp.report.onnx_target import is_onnx
+from genexp.report.tables import speedup_text
 from genexp.train import CONFIG_DIR
 from genexp.validation import check_trainer
 
@@ -127,14 +128,14 @@ def print_export(folder: Path, info: dict[str, Any], console: Console | None = N
     latency = info.get("latency")
     if latency:
         timing = Table(title=f"latency ({latency['threads']} threads, {latency['cpu']}), ms median [p10-p90]")
-        for header in ("backend", "batch", "ms", "x torch eager"):
+        for header in ("backend", "batch", "ms", "x torch eager [p10-p90]"):
             timing.add_column(header)
         for row in latency["rows"]:
             timing.add_row(
                 row["backend"],
                 str(row["batch_size"]),
                 f"{row['median_ms']:.3f} [{row['p10_ms']:.3f}-{row['p90_ms']:.3f}]",
-                f"{row['speedup_vs_torch']:.2f}",
+                speedup_text(row),
             )
         out.print(timing)
     for variant, metrics in (info.get("quality") or {}).items():

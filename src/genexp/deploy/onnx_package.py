@@ -185,6 +185,7 @@ def latency_table(
     for row in rows:
         base = next(r for r in rows if r["backend"] == "torch fp32 eager" and r["batch_size"] == row["batch_size"])
         row["speedup_vs_torch"] = base["median_ms"] / row["median_ms"]
+        row["speedup_p10_p90"] = [base["median_ms"] / row["p90_ms"], base["median_ms"] / row["p10_ms"]]
     out: dict[str, Any] = {
         "rows": rows,
         "threads": torch.get_num_threads(),

@@ -62,6 +62,11 @@ class SampleQuality(Callback):
         self._classifier: Classifier | None = None
         self.last: dict[str, float] = {}
 
+    @property
+    def val_metric_names(self) -> tuple[str, ...]:
+        """What this callback logs in validation every ``every_n_epochs`` (not in Lightning's sanity check)."""
+        return ("val/fid", "val/kid", "val/classes_covered", "val/class_kl") if self.every_n_epochs else ()
+
     # ----- hooks -----------------------------------------------------------------------------------
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         every = self.every_n_epochs

@@ -124,12 +124,14 @@ def compare_runs(
 
     calls = {i: latency_call(item, settings.batch_for(item)) for i, (item, _, _) in enumerate(measured)}
     timed = interleaved_latency(calls, settings.repeats, settings.warmup, settings.rounds)  # type: ignore[arg-type]
-    rows = [
-        assemble(item, metrics, size, speed_of(item, settings, latency_ms=timed[i]["median_ms"]))  # type: ignore[index]
-        for i, (item, metrics, size) in enumerate(measured)
-    ]
+    rows = []
+    for i, (item, metrics, size) in enumerate(measured):
+        row = assemble(item, metrics, size, speed_of(item, settings, latency_ms=timed[i]["median_ms"]))  # type: ignore[index]
+        row["latency_p10_ms"], row["latency_p90_ms"] = timed[i]["p10_ms"], timed[i]["p90_ms"]  # type: ignore[index]
+        rows.append(row)
     rows.sort(key=lambda r: (math.isnan(r["quality"]), r["quality"]))
     baseline = mark_baseline(rows)
+    noise = mark_latency_noise(rows, baseline)
     flag_slower(rows)
     for rank, row in enumerate(rows, 1):
         row["rank"] = rank
@@ -143,6 +145,7 @@ def compare_runs(
         "family": rows[0]["family"],
         "quality_metric": rows[0]["quality_metric"],
         "baseline": baseline["run"] if baseline else None,
+        "latency_noise": noise,
         "runs": rows,
         "skipped": skipped,
         "plot": plot.name,
@@ -151,7 +154,8 @@ def compare_runs(
         "latency": {"repeats": settings.repeats, "rounds": settings.rounds, "interleaved": True},
     }
     write_json(out_dir / "report.json", summary)
-    (out_dir / "report.md").write_text(compare_markdown(rows, skipped, plot.name, curves.name if curves else None), encoding="utf-8")
+    markdown = compare_markdown(rows, skipped, plot.name, curves.name if curves else None, noise)
+    (out_dir / "report.md").write_text(markdown, encoding="utf-8")
     return summary
 
 
@@ -172,9 +176,35 @@ def mark_baseline(rows: list[dict[str, Any]]) -> dict[str, Any] | None:
     return baseline
 
 
+def mark_latency_noise(rows: list[dict[str, Any]], baseline: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Each row's latency ratio with its spread, and whether it lies inside the noise of identical networks.
+
+    ``latency_ratio_p10_p90``: the row's p10 and p90 call times over the baseline's median. The noise band is
+    spanned by those ranges over every run whose network is the baseline's (same parameters, non-zeros, bytes
+    and backend: e.g. an optimizer study's dense runs), so it holds at least the baseline's own call-to-call
+    spread; ``latency_in_noise`` marks a ratio inside it, which says nothing about speed. Returns the band.
+    """
+    if baseline is None or not baseline["latency_ms"]:
+        return None
+    base = baseline["latency_ms"]
+    for row in rows:
+        row["latency_ratio_p10_p90"] = [row["latency_p10_ms"] / base, row["latency_p90_ms"] / base]
+    same = [row for row in rows if _network(row) == _network(baseline)]
+    low = min(row["latency_ratio_p10_p90"][0] for row in same)
+    high = max(row["latency_ratio_p10_p90"][1] for row in same)
+    for row in rows:
+        row["latency_in_noise"] = low <= row["latency_ratio"] <= high
+    return {"low": low, "high": high, "identical_runs": len(same)}
+
+
+def _network(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["params"], row["nonzero"], row["bytes"], row.get("backend", "torch"))
+
+
 def flag_slower(rows: list[dict[str, Any]]) -> None:
     """``slower_than_dense``: a compressed row slower than the dense row of the same backend (torch eager or
-    ONNX Runtime fp32), which a table marks; ``dense_latency_ratio`` is that ratio."""
+    ONNX Runtime fp32) beyond the noise (its p10 call above the dense row's p90), which a table marks;
+    ``dense_latency_ratio`` is the ratio of medians."""
     dense = {}
     for row in rows:
         if row.get("dense"):
@@ -183,7 +213,7 @@ def flag_slower(rows: list[dict[str, Any]]) -> None:
         base = dense.get(row.get("backend", "torch"))
         row["dense_latency_ratio"] = row["latency_ms"] / base["latency_ms"] if base else None
         compressed = base is not None and base is not row and not row.get("dense")  # dense rows: the same network
-        row["slower_than_dense"] = bool(compressed and row["latency_ms"] > base["latency_ms"])
+        row["slower_than_dense"] = bool(compressed and row["latency_p10_ms"] > base["latency_p90_ms"])
 
 
 def _check_one_family(loaded: list[Loaded], key: str) -> None:

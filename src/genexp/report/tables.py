@@ -31,6 +31,13 @@ def _policy(row: dict[str, Any]) -> str:
     return "" if policy == "unset" else f", OMP_WAIT_POLICY={policy}"
 
 
+def speedup_text(item: dict[str, Any]) -> str:
+    """``1.45 [1.30-1.52]``: torch eager's median over this backend's, and the same over its p90 and p10 calls."""
+    low_high = item.get("speedup_p10_p90")
+    spread = f" [{low_high[0]:.2f}-{low_high[1]:.2f}]" if low_high else ""
+    return f"{item['speedup_vs_torch']:.2f}{spread}"
+
+
 def single_rows(row: dict[str, Any]) -> list[tuple[str, str]]:
     """(figure, value) pairs describing one target."""
     rows = [
@@ -64,7 +71,7 @@ def single_rows(row: dict[str, Any]) -> list[tuple[str, str]]:
             (
                 f"latency {item['backend']}, batch {item['batch_size']} (ms)",
                 f"{item['median_ms']:.3f} (p10 {item['p10_ms']:.3f}, p90 {item['p90_ms']:.3f}) "
-                f"= {item['speedup_vs_torch']:.2f}x torch eager",
+                f"= {speedup_text(item)}x torch eager",
             )
         )
     for backend, speed in (table.get("generation_tokens_per_s") or {}).items():
@@ -104,13 +111,22 @@ def compare_columns(rows: Sequence[dict[str, Any]]) -> list[tuple[str, Any]]:
         ("size (KiB)", lambda r: f"{r['bytes'] / KIB:.1f}"),
         ("x base", lambda r: _ratio(r.get("bytes_ratio"))),
         (f"CPU ms (batch {rows[0]['batch_size']})", lambda r: f"{r['latency_ms']:.2f}"),
-        ("x base", lambda r: _ratio(r.get("latency_ratio"))),
+        ("x base [p10-p90]", _latency_ratio),
         ("x dense, same backend", _slower),
         ("samples/s", lambda r: f"{r['throughput_per_s']:,.0f}"),
     ]
     if any("gpu_latency_ms" in r for r in rows):
         columns.append(("GPU ms", lambda r: f"{r['gpu_latency_ms']:.3f}" if "gpu_latency_ms" in r else "-"))
     return columns
+
+
+def _latency_ratio(row: dict[str, Any]) -> str:
+    """``1.320 [1.20-1.45]``, and ``~`` when the ratio lies inside the noise of identical networks."""
+    low_high = row.get("latency_ratio_p10_p90")
+    text = _ratio(row.get("latency_ratio"))
+    if low_high:
+        text += f" [{low_high[0]:.2f}-{low_high[1]:.2f}]"
+    return text + (" ~" if row.get("latency_in_noise") and not row.get("is_baseline") else "")
 
 
 def _slower(row: dict[str, Any]) -> str:
@@ -177,10 +193,12 @@ def compare_markdown(
     skipped: Sequence[dict[str, str]],
     plot: str | None,
     curves: str | None = None,
+    noise: dict[str, Any] | None = None,
 ) -> str:
     columns = compare_columns(rows)
     text = "# genexp-eval comparison\n\n"
     text += f"Sorted by {rows[0]['quality_metric']} ({rows[0]['quality_label']}); x base = value / dense baseline.\n\n"
+    text += latency_noise_note(noise)
     text += markdown([h for h, _ in columns], [[get(r) for _, get in columns] for r in rows])
     if plot:
         text += f"\n![Pareto plot]({plot})\n"
@@ -194,6 +212,17 @@ def compare_markdown(
     if skipped:
         text += "\nSkipped runs:\n\n" + "".join(f"- `{s['run']}`: {s['reason']}\n" for s in skipped)
     return text
+
+
+def latency_noise_note(noise: dict[str, Any] | None) -> str:
+    """The sentence under a comparison that says how far apart identical networks time."""
+    if not noise:
+        return ""
+    return (
+        "Latency x base: the median call over the baseline's median, [p10-p90] of the calls. Runs with the "
+        f"baseline's network ({noise['identical_runs']}, the baseline included) span {noise['low']:.2f}-"
+        f"{noise['high']:.2f}x: a ratio in that band (marked ~) is timing noise, not a speed difference.\n\n"
+    )
 
 
 def print_single(row: dict[str, Any], console: Console | None = None) -> None:
