@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -32,6 +33,13 @@ FAST = [
     "trainer.enable_model_summary=false",
     "callbacks.progress_bar=null",
 ]
+
+
+def shell_commands(block: str) -> list[str]:
+    """The command lines of a ``bash`` block as a reader types them: continued lines joined, comments dropped."""
+    joined = re.sub(r"\\\n\s*", " ", block)  # a trailing backslash continues the line
+    lines = [line.split("  #", 1)[0].split(" # ", 1)[0].strip() for line in joined.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The deploy benchmarks run as the README shows them (shortened by their own options): ``deploy_speed.py``
+"""The deploy benchmarks run as docs/deploy.md shows them (shortened by their own options): ``deploy_speed.py``
 trains, exports, times every variant in fresh processes and prints one table row per variant, with the spread;
 ``onnx_rewrites.py`` prints the GAN export rewrite's table; ``conv_kernels.py`` the per-layer conv kernel table."""
 

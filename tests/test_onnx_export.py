@@ -1,4 +1,4 @@
-"""genexp-export: each family's graphs match torch, int8 graphs are checked, the README snippets run without torch
+"""genexp-export: each family's graphs match torch, int8 graphs are checked, the docs/deploy.md snippets run without torch
 or genexp, genexp-eval measures a .onnx like a checkpoint, compare mixes torch and ONNX rows, bad input is refused."""
 
 from __future__ import annotations
@@ -130,14 +130,14 @@ def test_a_second_export_never_overwrites_the_first(runs: dict[str, Path], tmp_p
 
 
 def _snippet(marker: str) -> str:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
-    match = re.search(rf"<!-- standalone: {marker} -->\n```python\n(.*?)```", readme, re.S)
-    assert match, f"README has no standalone {marker} snippet"
+    page = (REPO / "docs" / "deploy.md").read_text(encoding="utf-8")
+    match = re.search(rf"<!-- standalone: {marker} -->\n```python\n(.*?)```", page, re.S)
+    assert match, f"docs/deploy.md has no standalone {marker} snippet"
     return match.group(1)
 
 
 @pytest.mark.parametrize("marker,family", [("text", "gpt"), ("images", "gan"), ("diffusion", "diffusion")])
-def test_readme_snippets_run_with_onnxruntime_and_numpy_alone(
+def test_deploy_doc_snippets_run_with_onnxruntime_and_numpy_alone(
     runs: dict[str, Path], tmp_path: Path, marker: str, family: str
 ) -> None:
     code = _snippet(marker).replace('"outputs/train/runs/<stamp>/export"', repr(str(runs[family] / "export")))

@@ -4,7 +4,7 @@ Long enough to catch divergence: the default VAE for its full 20 epochs, the who
 D and one G step; FID of 1,000 samples of the final generator) and 300 steps of the GPT recipe. Each run must stay
 finite and end within 25% of Adam's metric for the same budget (lower is better for all). Plain SGD and SGD +
 momentum reach that on the GAN only with model.grad_clip (conf/tuning/gan_sgd.yaml, gan_momentum.yaml: each
-parameter tensor's RMS gradient capped, i.e. layer-wise normalised steps); README, "Every optimizer trains every family".
+parameter tensor's RMS gradient capped, i.e. layer-wise normalised steps); docs/results.md, "Every optimizer trains every family".
 In-process (no interpreter start-up per run); about 7 minutes on an idle 2-core CPU.
 """
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, run_cli, run_dirs
+from conftest import REPO, run_cli, run_dirs, shell_commands
 
 CONSOLE_SCRIPTS = {"genexp-train": "genexp.train", "genexp-eval": "genexp.evaluate"}
 
@@ -27,9 +27,7 @@ def everyday_commands(readme: Path = REPO / "README.md") -> list[str]:
     section = text.split("## Everyday commands", 1)[1]
     block = re.search(r"```bash\n(.*?)```", section, re.S)
     assert block, "README.md: no ```bash block under 'Everyday commands'"
-    joined = re.sub(r"\\\n\s*", " ", block.group(1))  # a trailing backslash continues the line
-    lines = [line.split("  #", 1)[0].split(" # ", 1)[0].strip() for line in joined.splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
+    return shell_commands(block.group(1))
 
 
 def test_readme_block_is_parsed() -> None:

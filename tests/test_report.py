@@ -52,7 +52,7 @@ EVAL_FAST = [
     "trainer.enable_model_summary=false",
 ]
 
-PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}  # steadier latency on a shared CPU (see the README's GPT section)
+PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}  # steadier latency on a shared CPU (see docs/results.md, the GPT section)
 
 
 @pytest.fixture(scope="module")
