@@ -131,6 +131,12 @@ COVERED: dict[str, tuple[str, ...]] = {
     "tests/test_deploy_speed.py::test_conv_kernels_checks_each_rewrite_against_torch_and_prints_every_layer": (
         r"^python benchmarks/conv_kernels\.py$",
     ),
+    "tests/test_int8_scheme.py::test_the_scheme_benchmark_prints_each_graph_under_each_scheme": (
+        r"^python benchmarks/int8_schemes\.py ",
+    ),
+    "tests/test_int8_scheme.py::test_a_graph_for_another_kind_of_cpu_asks_for_7bit_weights": (
+        r"int8_scheme=7bit$",
+    ),
 }
 
 # Benchmarks that take minutes to an hour: no test runs them; test_benchmark_options_exist checks that each

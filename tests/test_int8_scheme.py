@@ -116,3 +116,27 @@ def test_the_deploy_benchmark_prints_a_missed_int8_graph_as_a_row(vae_run: Path,
     assert [row[2] for row in rows] == ["torch fp32 eager", "onnxruntime fp32", "onnxruntime int8"]
     assert rows[2][4].startswith("not written: relative error") and "> tolerance 1e-09" in rows[2][4]
     assert float(rows[1][5]) > 0  # the fp32 graph is still timed
+
+
+def test_the_scheme_benchmark_prints_each_graph_under_each_scheme(vae_run: Path, tmp_path: Path) -> None:
+    script = REPO / "benchmarks" / "int8_schemes.py"
+    command = [sys.executable, str(script), "--run", str(vae_run), "--no-emulation", "--out", str(tmp_path)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith(f"| {vae_run.name} |")]
+    assert [(row[1], row[2]) for row in rows] == [
+        (graph, bits) for graph in ("model.onnx", "decoder.onnx") for bits in ("8-bit", "7-bit")]
+    assert all(0 < float(row[3].rstrip(" |")) < 0.1 for row in rows)
+    assert f"auto picks: {int8_scheme()['reason']}" in done.stdout
+
+
+def test_a_graph_for_another_kind_of_cpu_asks_for_7bit_weights(vae_run: Path) -> None:
+    out = vae_run / "portable"
+    done = run_cli([f"target={vae_run}", "quantize=int8", "int8_scheme=7bit", "measure=false", f"out={out}"],
+                   cwd=vae_run, module="genexp.export")
+    assert done.returncode == 0, done.stderr[-2000:]
+    info = json.loads((out / "model.json").read_text())
+    assert info["int8"]["scheme"] == {"weights_bits": 7, "reduce_range": True,
+                                      "reason": "int8_scheme=7bit was asked for"}
+    assert info["graphs"]["model.int8.onnx"]["quantization"]["weights"] == "int8 (7-bit range) per channel"
+    assert "int8 scheme: 7-bit weights" in done.stdout
