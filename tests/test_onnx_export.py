@@ -101,6 +101,11 @@ def test_each_family_exports_graphs_that_match_torch(runs: dict[str, Path], fami
     ops = {node.op_type for node in onnx.load(str(folder / "model.int8.onnx")).graph.node}
     assert ops & {"DynamicQuantizeLinear", "MatMulInteger", "QuantizeLinear"}, ops  # real int8 ops
     assert int8["quantization"]["method"] == ("dynamic" if family == "gpt" else "static QDQ")
+    from genexp.deploy.onnx_quantize import int8_scheme
+
+    assert info["int8"] == {"written": True, "scheme": int8_scheme()}  # the scheme this CPU runs exactly
+    if family == "diffusion":  # the UNet's input and output convs stay float
+        assert int8["quantization"]["float_nodes"] == ["/conv_in/Conv", "/conv_out/Conv"]
     if family == "vae":  # the decoder samples
         assert set(info["graphs"]) == {"model.onnx", "model.int8.onnx", "decoder.onnx", "decoder.int8.onnx"}
         assert info["usage"]["latent_dim"] == 4 and info["usage"]["sample_graph"] == "decoder.onnx"

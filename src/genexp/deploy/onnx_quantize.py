@@ -119,7 +119,9 @@ def quantize_graph(
 ) -> dict[str, Any]:
     """Write the int8 version of ``source`` to ``target`` once it passes the check; returns its recipe and check.
 
-    ``static_options``: ``op_types`` (the op types to quantize; default all ORT supports) for ``static``.
+    ``static_options`` for ``static``: ``op_types`` (the op types to quantize; default all ORT supports) and
+    ``float_ends`` (keep the first and last Conv in float: a network's input and output layers, where int8
+    error hurts most).
     ``scheme``: an ``int8_scheme`` (default: this CPU's). A miss raises ``Int8ToleranceMiss``.
     """
     from onnxruntime.quantization import (
@@ -156,6 +158,9 @@ def quantize_graph(
             CalibrationDataReader.register(_Reader)
             options = dict(static_options or {})
             narrow = {"op_types_to_quantize": list(options["op_types"])} if options.get("op_types") else {}
+            float_ends = _first_and_last_conv(source) if options.get("float_ends") else []
+            if float_ends:
+                narrow["nodes_to_exclude"] = float_ends
             quantize_static(
                 source,
                 tmp,
@@ -173,6 +178,7 @@ def quantize_graph(
                 "activations": "uint8, MinMax-calibrated",
                 "calibration_batches": len(list(calibration)) if isinstance(calibration, list) else None,
                 **({"ops": list(options["op_types"])} if options.get("op_types") else {}),
+                **({"float_nodes": float_ends} if float_ends else {}),
             }
     check = compare_graphs(source, tmp, check_feeds)
     check["tolerance"] = tolerance
@@ -186,6 +192,14 @@ def quantize_graph(
         )
     os.replace(tmp, target)
     return {**recipe, "scheme": scheme, "check": check}
+
+
+def _first_and_last_conv(path: Path) -> list[str]:
+    """The names of the graph's first and last Conv nodes (its input and output layers), in graph order."""
+    import onnx
+
+    convs = [node.name for node in onnx.load(str(path)).graph.node if node.op_type == "Conv"]
+    return list(dict.fromkeys([convs[0], convs[-1]])) if convs else []
 
 
 def compare_graphs(reference: Path, candidate: Path, feeds: Feeds) -> dict[str, float]:
