@@ -36,13 +36,13 @@ import torch
 from omegaconf import OmegaConf
 
 from _harness import add_trial_options, genexp_train, latency_header, spread, trial_processes
+from genexp.checkpoints.rebuild import find_checkpoint, load_any
 from genexp.deploy import latency
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session, session_call
+from genexp.exporters.families import family_of as export_family
+from genexp.exporters.families import graphs_of, install_graphs
 from genexp.models.gpt import GPT
-from genexp.onnx_families import family_of as export_family
-from genexp.onnx_families import graphs_of, install_graphs
-from genexp.rebuild import find_checkpoint, load_any
 from genexp.report.family import family_of
 from genexp.report.measure_run import test_quality
 
@@ -85,7 +85,7 @@ def train(family: str, overrides: list[str], quick: bool, root: Path) -> list[Pa
 def callbacks_for(family: str, data_dir: Path) -> list[Any]:
     if family != "gan":
         return []
-    from genexp.metrics.callback import SampleQuality
+    from genexp.callbacks.sample_quality import SampleQuality
 
     return [SampleQuality(cache_dir=str(data_dir), seed=12345)]
 

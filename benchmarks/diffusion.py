@@ -27,10 +27,10 @@ import torch
 from omegaconf import OmegaConf
 
 from _harness import cpu_name, genexp_train
+from genexp.checkpoints.rebuild import load_model
 from genexp.metrics.features import DomainFeatures, load_or_train_classifier
 from genexp.metrics.scores import QualityScorer
-from genexp.rebuild import load_model
-from genexp.visual import image_grid, save_png
+from genexp.models.image_grid import image_grid, save_png
 
 TIME_BUDGET_S, FID_BUDGET, MIN_CLASSES = 8 * 60, 0.05, 9  # experiment=diffusion_digits, on 2 cores
 FID_FACTOR, SPEEDUP = 1.5, 3.5  # the 1/4-step student vs the teacher at its full steps

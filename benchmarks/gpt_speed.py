@@ -39,14 +39,14 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
 from _harness import CONF, REPO, SHAKESPEARE
-from genexp.build import (  # noqa: E402
+from genexp.models.gpt import GPT  # noqa: E402
+from genexp.runtime.build import (  # noqa: E402
     build_callbacks,
     build_datamodule,
     build_loggers,
     build_model,
     build_trainer,
 )
-from genexp.models.gpt import GPT  # noqa: E402
 
 DEFAULT_DATA = SHAKESPEARE
 

@@ -20,9 +20,9 @@ import torch
 from omegaconf import OmegaConf
 
 from _harness import genexp_train
+from genexp.checkpoints.rebuild import load_model
 from genexp.metrics.features import DomainFeatures, load_or_train_classifier
 from genexp.metrics.scores import QualityScorer
-from genexp.rebuild import load_model
 
 RECIPES = {"gan": ["experiment=gan_digits"], "vae": []}
 

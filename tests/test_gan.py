@@ -15,8 +15,8 @@ from lightning.pytorch import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import FAST as _FAST
-from genexp.errors import ConfigError
 from genexp.models.gan import GAN, dcgan_layout
+from genexp.runtime.errors import ConfigError
 
 # ++: trainer/default.yaml has no limit_*_batches keys, so FAST's plain overrides cannot apply
 FAST = ["++" + o for o in _FAST]
@@ -233,7 +233,7 @@ def test_ema_generator_samples_and_ships() -> None:
 
 
 def test_gan_trains_through_the_config_with_sample_quality(compose_train, tmp_path_factory) -> None:
-    from genexp.build import build_datamodule, build_model
+    from genexp.runtime.build import build_datamodule, build_model
     from genexp.train import train
 
     cache = tmp_path_factory.mktemp("features")

@@ -42,7 +42,7 @@ def test_wheel_in_a_fresh_venv_trains_one_epoch_from_a_temp_folder(tmp_path: Pat
 
     work = tmp_path / "elsewhere"  # no conf/ here, no source tree above
     work.mkdir()
-    where = run([str(bin_dir / "python"), "-c", "import genexp, genexp.startup as s; print(genexp.__file__); print(s.config_dir())"], work, env)
+    where = run([str(bin_dir / "python"), "-c", "import genexp, genexp.runtime.startup as s; print(genexp.__file__); print(s.config_dir())"], work, env)
     module, conf = where.stdout.split()
     assert module.startswith(str(venv)) and conf.startswith(str(venv)) and conf.endswith("genexp/conf")
 

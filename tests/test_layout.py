@@ -52,10 +52,10 @@ def test_no_source_file_over_400_lines() -> None:
 
 
 def test_one_door_back_from_disk() -> None:
-    """Only genexp.rebuild (and the artifact reader it uses) calls torch.load on what a run wrote."""
+    """Only genexp.checkpoints.rebuild (and the artifact reader it uses) calls torch.load on what a run wrote."""
     loaders = sorted(
         str(p.relative_to(SRC))
         for p in SRC.rglob("*.py")
         if "torch.load(" in p.read_text()
     )
-    assert loaders == ["deploy/artifact.py", "metrics/features.py", "rebuild.py"], loaders
+    assert loaders == ["checkpoints/rebuild.py", "deploy/artifact.py", "metrics/features.py"], loaders

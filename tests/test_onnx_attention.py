@@ -16,8 +16,8 @@ from genexp.deploy.onnx_attention import DOMAIN
 from genexp.deploy.onnx_export import export_graph
 from genexp.deploy.onnx_quantize import quantize_graph
 from genexp.deploy.onnx_runtime import open_session
+from genexp.exporters.families import graphs_of
 from genexp.models.gpt import GPT
-from genexp.onnx_families import graphs_of
 
 VOCAB = [chr(97 + i) for i in range(26)] + ["\n"]
 

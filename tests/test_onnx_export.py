@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from conftest import CONF, FAST, REPO, run_cli
-from genexp.rebuild import load_any
+from genexp.checkpoints.rebuild import load_any
 
 pytestmark = pytest.mark.xdist_group("onnx_export")  # one worker builds the module's shared runs
 

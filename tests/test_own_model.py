@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 from genexp.models.base import GenerativeModule
 
 

@@ -15,12 +15,12 @@ from lightning.pytorch import Callback
 from omegaconf import OmegaConf
 
 from conftest import FAST, REPO, run_cli
-from genexp.build import build_callbacks, build_datamodule, build_model, build_trainer
+from genexp.checkpoints.rebuild import load_deployable
 from genexp.compression.prune import PruningCallback
 from genexp.compression.quantize import QuantizationCallback
 from genexp.deploy.layers import Int8WeightConv
-from genexp.errors import ConfigError
-from genexp.rebuild import load_deployable
+from genexp.runtime.build import build_callbacks, build_datamodule, build_model, build_trainer
+from genexp.runtime.errors import ConfigError
 
 VAE_FAST = [
     *FAST,
@@ -91,7 +91,7 @@ def test_qat_fake_quant_from_start_epoch_and_artifact_round_trips_in_a_fresh_pro
     script = textwrap.dedent(
         f"""
         import sys, torch
-        from genexp.rebuild import load_deployable
+        from genexp.checkpoints.rebuild import load_deployable
         net = load_deployable({str(run / "quantized")!r})
         ref = torch.load({str(tmp_path / "ref.pt")!r})
         with torch.no_grad():

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, run_cli
+from genexp.checkpoints.rebuild import load_any
 from genexp.deploy.artifact import read_artifact
 from genexp.deploy.costs import measure
 from genexp.deploy.sparse_format import serialized_bytes
-from genexp.errors import GenexpError
-from genexp.rebuild import load_any
 from genexp.report.compare import compare_runs
 from genexp.report.family import compression_of
 from genexp.report.measure_run import SpeedSettings
 from genexp.report.pareto import frontier
+from genexp.runtime.errors import GenexpError
 
 pytestmark = pytest.mark.xdist_group("report")  # one worker builds the module's shared runs
 
@@ -153,7 +153,7 @@ def test_report_agrees_with_compression_json_and_a_fresh_measurement(
 
 def fresh_latencies(run: Path, batch_size: int) -> list[float]:
     code = (
-        "import sys; from genexp.rebuild import load_any; from genexp.report.measure_run import example_of;"
+        "import sys; from genexp.checkpoints.rebuild import load_any; from genexp.report.measure_run import example_of;"
         "from genexp.deploy.latency import cpu_latency_ms; loaded = load_any(sys.argv[1]);"
         f"x = example_of(loaded, {batch_size});"
         "print([cpu_latency_ms(loaded.model.deployable(), x, repeats=20) for _ in range(3)])"

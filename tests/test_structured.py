@@ -11,11 +11,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import FAST
+from genexp.checkpoints.rebuild import load_any
 from genexp.compression.structured import UnitPruner
 from genexp.models.gan import Generator
 from genexp.models.gpt import Transformer
 from genexp.models.vae import VAENet
-from genexp.rebuild import load_any
 from test_onnx_export import TEXT, compose_cfg
 
 NETS = {

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from genexp.data.text import TextDataModule
-from genexp.errors import ConfigError, DataNotFoundError
+from genexp.runtime.errors import ConfigError, DataNotFoundError
 
 CORPUS = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
 

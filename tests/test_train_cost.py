@@ -16,9 +16,9 @@ import torch
 from omegaconf import open_dict
 
 from conftest import FAST, run_dirs
-from genexp.errors import ConfigError
-from genexp.metrics.cost import TrainingCost, batch_size_of, percentile
+from genexp.callbacks.training_cost import TrainingCost, batch_size_of, percentile
 from genexp.models.gpt import GPT, Transformer
+from genexp.runtime.errors import ConfigError
 from genexp.train import train
 
 QUIET = [*FAST, "logger=csv", "callbacks.model_summary=null", "test=false", "model.num_samples=4"]
@@ -83,7 +83,7 @@ def test_low_bit_optimizer_is_refused_on_the_cpu(cli) -> None:
     ],
 )
 def test_optimizers_take_the_fused_kernel_where_it_works(compose_train, overrides: list[str], fused) -> None:
-    from genexp.build import build_datamodule, build_model, build_trainer
+    from genexp.runtime.build import build_datamodule, build_model, build_trainer
 
     cfg = compose_train([*QUIET, *overrides, "trainer.gradient_clip_val=1.0", "trainer.max_steps=2"])
     datamodule = build_datamodule(cfg)

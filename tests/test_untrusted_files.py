@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import FAST, run_dirs
-from genexp.errors import CheckpointError
-from genexp.rebuild import load_deployable
+from genexp.checkpoints.rebuild import load_deployable
+from genexp.runtime.errors import CheckpointError
 
 pytestmark = pytest.mark.slow
 PTQ = ["compression=[quantize]", "compression.quantize.latency_repeats=0", "model.hidden_channels=8"]

@@ -2,7 +2,7 @@
 
     genexp-export target=outputs/train/runs/<time> quantize=int8      # a run folder, a .ckpt or a torch artifact
 
-Compose -> rebuild the run (``genexp.rebuild.load_any``; a run folder exports its ``checkpoints/last.ckpt``)
+Compose -> rebuild the run (``genexp.checkpoints.rebuild.load_any``; a run folder exports its ``checkpoints/last.ckpt``)
 -> export model.onnx (+ model.int8.onnx) -> measure quality and latency -> model.json, into ``<run>/export/``
 (``export-2/``... when that exists). Bad input stops before anything is written, with one line naming the key.
 """
@@ -21,18 +21,18 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from genexp.build import build_callbacks
-from genexp.checks import boolean
+from genexp.checkpoints.rebuild import Loaded, find_checkpoint, is_run_folder, load_any
+from genexp.checks.run import check_trainer
+from genexp.checks.values import boolean
 from genexp.deploy.onnx_export import check_opset, export_folder
 from genexp.deploy.onnx_package import check_quantize, write_package
 from genexp.deploy.onnx_runtime import open_session
-from genexp.errors import ConfigError, report_errors
-from genexp.onnx_families import family_of, graphs_of, install_graphs
-from genexp.rebuild import Loaded, find_checkpoint, is_run_folder, load_any
+from genexp.exporters.families import family_of, graphs_of, install_graphs
 from genexp.report.measure_run import test_quality
 from genexp.report.onnx_target import is_onnx
+from genexp.runtime.build import build_callbacks
+from genexp.runtime.errors import ConfigError, report_errors
 from genexp.train import CONFIG_DIR
-from genexp.validation import check_trainer
 
 log = logging.getLogger(__name__)
 

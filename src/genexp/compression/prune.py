@@ -24,14 +24,14 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torch.nn.utils import prune
 
-from genexp.checks import boolean, int_at_least, is_int, one_of, regexes
+from genexp.checks.values import boolean, int_at_least, is_int, one_of, regexes
 from genexp.compression.masks import global_channels, keep_largest
 from genexp.compression.schedule import CompressionSchedule, last_epoch
 from genexp.compression.targets import PARAM, deployable_of, example_input_of, find_targets, weight_of
 from genexp.deploy.costs import measure
 from genexp.deploy.sparse_format import folded_state_dict
-from genexp.errors import CheckpointError, ConfigError
-from genexp.run_folder import record_compression
+from genexp.runtime.errors import CheckpointError, ConfigError
+from genexp.runtime.run_folder import record_compression
 
 log = logging.getLogger(__name__)
 

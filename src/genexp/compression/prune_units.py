@@ -4,7 +4,7 @@ hidden units and conv channels along the schedule, and removes them at fit end.
 The same schedule, scopes, checkpointing and DDP broadcast as ``PruningCallback`` (which builds this class for
 that method), with ``genexp.compression.structured.UnitPruner`` in place of weight masks. At fit end the pruned
 units are cut out of the deployable, the new widths are recorded on the model (``genexp_structure``, saved in
-every later checkpoint and torch artifact so that ``genexp.rebuild`` builds the smaller network), and
+every later checkpoint and torch artifact so that ``genexp.checkpoints.rebuild`` builds the smaller network), and
 ``checkpoints/last.ckpt`` is written again from the smaller network (without the optimizer's moments, which
 belonged to the wider tensors; a resumed fit starts them afresh). The test stage then tests that network: a
 best checkpoint saved before the removal no longer fits it. List ``prune`` before ``quantize`` so the torch

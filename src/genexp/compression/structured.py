@@ -27,7 +27,7 @@ channel groups).
 
 **At fit end** ``remove_units`` cuts the gated units out (heads by genexp, channel groups by torch-pruning's
 ``group.prune``), sets each attention's ``n_head``, and returns the structure record (``n_head`` per attention
-module) that ``genexp.resize`` needs, with the state dict's shapes, to rebuild the smaller network.
+module) that ``genexp.checkpoints.resize`` needs, with the state dict's shapes, to rebuild the smaller network.
 """
 
 from __future__ import annotations

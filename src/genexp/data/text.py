@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from genexp.checks import fraction, positive_int
-from genexp.errors import ConfigError, DataNotFoundError
+from genexp.checks.values import fraction, positive_int
+from genexp.runtime.errors import ConfigError, DataNotFoundError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 

@@ -1,5 +1,5 @@
 """An export folder: the fp32 graphs, their int8 versions, and ``model.json``, for one model family's graphs
-(a ``Family`` from ``genexp.onnx_families.family_of``).
+(a ``Family`` from ``genexp.exporters.families.family_of``).
 
 ``write_package`` is what ``genexp-export`` and ``compression.quantize.backend=onnxruntime`` call. It never
 writes over another export: the folder must not exist yet (``onnx_export.export_folder`` picks a new name),
@@ -31,7 +31,7 @@ from genexp.deploy.latency import (
 from genexp.deploy.onnx_export import FORMAT, Family, Graph, export_graph, initializer_counts, io_of
 from genexp.deploy.onnx_quantize import quantize_graph
 from genexp.deploy.onnx_runtime import open_session, session_call
-from genexp.errors import ConfigError, GenexpError
+from genexp.runtime.errors import ConfigError, GenexpError
 
 QUANTIZE = ("none", "int8")
 JSON_FILE = "model.json"

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from genexp.deploy.onnx_runtime import open_session
-from genexp.errors import GenexpError
+from genexp.runtime.errors import GenexpError
 
 METHODS = ("dynamic", "static")
 DYNAMIC_OPS = ("MatMul", "Gemm", "Attention")  # Attention: onnx_attention's fused op, quantized to QAttention

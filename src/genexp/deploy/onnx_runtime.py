@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genexp.errors import GenexpError, first_line
+from genexp.runtime.errors import GenexpError, first_line
 
 
 def open_session(path: str | Path, threads: int | None = None, key: str = "target") -> Any:

@@ -27,10 +27,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from genexp.checks import positive_number
-from genexp.errors import ConfigError
-from genexp.resize import STRUCTURE_KEY, conform
-from genexp.visual import image_grid, save_png
+from genexp.checkpoints.resize import STRUCTURE_KEY, conform
+from genexp.checks.values import positive_number
+from genexp.models.image_grid import image_grid, save_png
+from genexp.runtime.errors import ConfigError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 # torch optimizers with a fused kernel on the CPU and CUDA (the default CPU path is a per-tensor Python loop: the
@@ -43,7 +43,7 @@ class GenerativeModule(L.LightningModule):
     """Base LightningModule for every genexp model family.
 
     Subclasses set ``data_kind`` ("images" or "text": what ``model_kwargs()`` of the data module must
-    describe); ``genexp.build`` refuses a data module of the other kind with a message naming both.
+    describe); ``genexp.runtime.build`` refuses a data module of the other kind with a message naming both.
 
     Args:
         optimizer: a partial ``torch.optim`` constructor (Hydra ``_partial_: true``) taking params.
@@ -233,7 +233,7 @@ class GenerativeModule(L.LightningModule):
         self.conform_to(checkpoint)
 
     def conform_to(self, checkpoint: dict[str, Any]) -> None:
-        """Narrow the layers to a structured-pruned checkpoint's shapes (``genexp.resize``), before its
+        """Narrow the layers to a structured-pruned checkpoint's shapes (``genexp.checkpoints.resize``), before its
         weights load; a checkpoint of the full-width network changes nothing."""
         record = checkpoint.get(STRUCTURE_KEY)
         if record is not None and "state_dict" in checkpoint:

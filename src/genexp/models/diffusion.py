@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genexp.checks import boolean, in_range, is_int, one_of, positive_int
-from genexp.errors import ConfigError
+from genexp.checks.values import boolean, in_range, is_int, one_of, positive_int
 from genexp.models.base import GenerativeModule
 from genexp.models.unet import UNet
+from genexp.runtime.errors import ConfigError
 
 PREDICTIONS = ("eps", "v")
 LOGSNR_MIN, LOGSNR_MAX = -20.0, 20.0

@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genexp.checks import in_range, number_at_least, one_of, positive_int, positive_number
-from genexp.errors import ConfigError
+from genexp.checks.values import in_range, number_at_least, one_of, positive_int, positive_number
 from genexp.models.base import GenerativeModule, OptimizerFactory
+from genexp.runtime.errors import ConfigError
 
 LOSSES = ("nonsaturating", "hinge")
 

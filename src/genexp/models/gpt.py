@@ -19,10 +19,10 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 from torchmetrics.text import Perplexity
 
-from genexp.checks import in_range, int_at_least, is_number, positive_int
+from genexp.checks.values import in_range, int_at_least, is_number, positive_int
 from genexp.data.text import CharVocab
-from genexp.errors import ConfigError
 from genexp.models.base import GenerativeModule
+from genexp.runtime.errors import ConfigError
 
 LN2 = math.log(2.0)
 

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genexp.checks import number_at_least, one_of, positive_int
-from genexp.errors import ConfigError
+from genexp.checks.values import number_at_least, one_of, positive_int
 from genexp.models.base import GenerativeModule
+from genexp.runtime.errors import ConfigError
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 

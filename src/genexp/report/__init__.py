@@ -1,6 +1,6 @@
 """The compression report: what a run, checkpoint or quantized artifact costs and how good it is.
 
-- targets are rebuilt by ``genexp.rebuild.load_any`` (a checkpoint, a run folder or a quantized artifact) and
+- targets are rebuilt by ``genexp.checkpoints.rebuild.load_any`` (a checkpoint, a run folder or a quantized artifact) and
   measured through ``genexp.deploy`` (never ``genexp.compression``);
 - ``family``: each model family's quality metric (VAE negative ELBO, GAN domain FID, GPT loss / bpc / ppl);
 - ``measure_run.measure_target``: quality, parameters, non-zeros, bytes, CPU (and GPU) latency -> one dict;

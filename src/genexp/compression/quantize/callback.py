@@ -36,7 +36,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from genexp.checks import boolean, int_at_least, one_of, regexes
+from genexp.checks.values import boolean, int_at_least, one_of, regexes
 from genexp.compression.quantize.numerics import (
     SCHEMES,
     UNSUPPORTED_SCHEMES,
@@ -51,8 +51,8 @@ from genexp.compression.targets import deployable_of, example_input_of, find_tar
 from genexp.deploy.artifact import ARTIFACT_DIR, save_deployable
 from genexp.deploy.costs import fidelity, measure, weight_bytes, zero_fraction
 from genexp.deploy.layers import CONV_TYPES, HALF_DTYPES, plain_copy
-from genexp.errors import ConfigError
-from genexp.run_folder import record_compression
+from genexp.runtime.errors import ConfigError
+from genexp.runtime.run_folder import record_compression
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class QuantizationCallback(Callback):
         """``backend=onnxruntime``: model.onnx and model.int8.onnx (checked against fp32) into ``<run>/export``."""
         from genexp.deploy.onnx_export import export_folder
         from genexp.deploy.onnx_package import write_package
-        from genexp.onnx_families import family_of
+        from genexp.exporters.families import family_of
 
         if run_dir is None:
             return {"backend": "onnxruntime", "export": None}

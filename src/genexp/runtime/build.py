@@ -11,8 +11,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from genexp.errors import ConfigError, GenexpError
 from genexp.models.base import GenerativeModule
+from genexp.runtime.errors import ConfigError, GenexpError
 
 
 def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
@@ -100,7 +100,7 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
                 callbacks.append(instantiate(node, f"{group}.{name}"))
     target = cfg.get("target")
     if isinstance(target, DictConfig) and target.get("stop"):
-        from genexp.metrics.cost import target_stopper
+        from genexp.callbacks.training_cost import target_stopper
 
         callbacks.append(target_stopper(target.get("metric"), target.get("value"), target.get("mode", "min")))
     return callbacks

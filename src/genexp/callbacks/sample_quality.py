@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch import Callback
 
-from genexp.checks import int_at_least
+from genexp.checks.values import int_at_least
 from genexp.metrics.features import (
     Classifier,
     DomainFeatures,

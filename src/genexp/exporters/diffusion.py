@@ -1,4 +1,4 @@
-"""The diffusion family's ONNX export (``genexp.onnx_families`` dispatches here).
+"""The diffusion family's ONNX export (``genexp.exporters.families`` dispatches here).
 
 - ``model.onnx``: the EMA denoiser (``Diffusion.deployable()``), ``z_t`` float32 (batch, C, H, W) and ``t``
   float32 (batch,) in [0, 1] -> the UNet's prediction, named after ``model.prediction`` (``v`` or ``eps``),

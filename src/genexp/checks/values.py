@@ -2,7 +2,7 @@
 
 Constructors (models, data modules, callbacks) call these with their own argument's config key, e.g.
 ``checks.positive_int(f"{self.key_prefix}.latent_dim", latent_dim)``; the message reads
-``model.latent_dim=0: expected a positive integer``. ``genexp.build.instantiate`` adds the config prefix it
+``model.latent_dim=0: expected a positive integer``. ``genexp.runtime.build.instantiate`` adds the config prefix it
 knows to an error whose key is a bare argument name (a user's own model may raise ``ConfigError("width", ...)``).
 """
 
@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 
 
 def is_int(value: Any) -> bool:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from genexp.errors import GenexpError
+from genexp.runtime.errors import GenexpError
 
 FINISHED_MARKER = "metrics.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"

@@ -36,7 +36,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping
 
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 
 MODES = ("min", "max")
 MB = 2**20

@@ -11,9 +11,9 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
-from genexp.checks import int_at_least, is_int, number_at_least
-from genexp.errors import ConfigError
-from genexp.optim import CUDA_ONLY
+from genexp.checks.values import int_at_least, is_int, number_at_least
+from genexp.optim.optimizers import CUDA_ONLY
+from genexp.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -50,7 +50,7 @@ if not OmegaConf.has_resolver("gpus_per_node"):
 def config_dir() -> str:
     """The Hydra config folder: the checkout's top-level ``conf/`` in a source tree, else the one shipped in
     the installed package (``genexp/conf``, mapped from ``conf/`` by pyproject.toml)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # src/genexp (runtime/ is one level down)
     for candidate in (here.parents[1] / "conf", here / "conf"):
         if (candidate / "train.yaml").is_file():
             return str(candidate)

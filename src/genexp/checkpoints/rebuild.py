@@ -26,10 +26,10 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from genexp.build import build_datamodule, build_model, instantiate
 from genexp.deploy.artifact import ARTIFACT_DIR, artifact_file, install_artifact, is_artifact, read_artifact
-from genexp.errors import CheckpointError, ConfigError, GenexpError, first_line
 from genexp.models.base import CONFIG_KEY, GenerativeModule
+from genexp.runtime.build import build_datamodule, build_model, instantiate
+from genexp.runtime.errors import CheckpointError, ConfigError, GenexpError, first_line
 
 # A config from disk is data: only these callables may be instantiated from it (plus what the user trusts).
 TRUSTED_TARGETS = ("genexp.", "torch.optim.", "lightning.pytorch.")
@@ -223,7 +223,7 @@ def load_deployable(path: str | Path) -> nn.Module:
 
     Example::
 
-        from genexp.rebuild import load_deployable
+        from genexp.checkpoints.rebuild import load_deployable
         net = load_deployable("outputs/train/runs/<run>/quantized")
         logits = net(token_ids)
     """

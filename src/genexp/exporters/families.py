@@ -7,7 +7,7 @@
 - VAE: ``model.onnx``: ``images`` in [0, 1] -> reconstruction ``logits``, ``mu``, ``logvar``; ``decoder.onnx``:
   ``z`` -> ``logits``; int8: static QDQ calibrated on training images (the decoder on their posterior means);
 - Diffusion: ``model.onnx``: the EMA denoiser, ``z_t`` (batch, C, H, W) and ``t`` (batch,) -> ``v`` or ``eps``;
-  int8: static QDQ calibrated on training images noised at random times (``genexp.onnx_diffusion``).
+  int8: static QDQ calibrated on training images noised at random times (``genexp.exporters.diffusion``).
 
 ``install_graphs`` makes a rebuilt model compute through ONNX Runtime sessions of these graphs (``OrtModule``
 shims in place of its deployable's parts), so its own test step measures them on the same split.
@@ -20,17 +20,17 @@ from typing import Any
 import torch
 from torch import nn
 
-from genexp import onnx_diffusion
 from genexp.deploy.onnx_attention import fuse_attention
 from genexp.deploy.onnx_conv import project_latent
 from genexp.deploy.onnx_export import Family, Graph, float_copy
 from genexp.deploy.onnx_runtime import OrtModule
-from genexp.errors import GenexpError
+from genexp.exporters import diffusion as onnx_diffusion
 from genexp.models.base import GenerativeModule
 from genexp.models.diffusion import Diffusion
 from genexp.models.gan import GAN
 from genexp.models.gpt import GPT
 from genexp.models.vae import VAE
+from genexp.runtime.errors import GenexpError
 
 
 class _VAEGraph(nn.Module):

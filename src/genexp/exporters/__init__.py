@@ -1,0 +1,1 @@
+"""What each model family ships as ONNX graphs (calibration data, install), with a default for any model."""
