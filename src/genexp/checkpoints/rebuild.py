@@ -26,6 +26,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
+from genexp.checkpoints.aliases import renamed
 from genexp.deploy.artifact import ARTIFACT_DIR, artifact_file, install_artifact, is_artifact, read_artifact
 from genexp.models.base import CONFIG_KEY, GenerativeModule
 from genexp.runtime.build import build_datamodule, build_model, instantiate
@@ -84,7 +85,7 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
             f"{key}={path}: not a genexp checkpoint (no saved run config); "
             "expected a .ckpt from a genexp-train run folder"
         )
-    return checkpoint
+    return with_new_paths(checkpoint)  # runs saved before a module moved load with its new paths
 
 
 def saved_config(checkpoint: dict[str, Any], path: str | Path, key: str = "ckpt_path") -> DictConfig:
@@ -102,6 +103,11 @@ def saved_config(checkpoint: dict[str, Any], path: str | Path, key: str = "ckpt_
     for group in REBUILT_GROUPS:
         check_trusted(OmegaConf.to_container(cfg.get(group) or {}, resolve=False), path, key, group)
     return cfg
+
+
+def with_new_paths(saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (a checkpoint or artifact) with the moved ``_target_``s of its config and model_kwargs renamed."""
+    return {key: renamed(value) if key in (CONFIG_KEY, "model_kwargs") else value for key, value in saved.items()}
 
 
 def check_trusted(node: Any, path: str | Path, key: str, where: str) -> None:
@@ -206,7 +212,7 @@ def load_artifact(path: str | Path, key: str = "ckpt_path", data: dict[str, Any]
     """A ``compression=[quantize]`` artifact: the float model rebuilt from its saved config, then the
     quantized deployable installed in it."""
     path = Path(path)
-    artifact = read_artifact(path, key=key)
+    artifact = with_new_paths(read_artifact(path, key=key))
     config = artifact[CONFIG_KEY]
     check_trusted(artifact.get("model_kwargs") or {}, artifact_file(path), key, "model_kwargs")
     model, datamodule = rebuild(config, artifact.get("datamodule") or {}, artifact_file(path), key, data)
@@ -227,7 +233,7 @@ def load_deployable(path: str | Path) -> nn.Module:
         net = load_deployable("outputs/train/runs/<run>/quantized")
         logits = net(token_ids)
     """
-    artifact = read_artifact(path, key="path")
+    artifact = with_new_paths(read_artifact(path, key="path"))
     trusted = saved_config(artifact, artifact_file(path), key="path")
     check_trusted(artifact.get("model_kwargs") or {}, artifact_file(path), "path", "model_kwargs")
     model_cfg = OmegaConf.to_container(trusted.model, resolve=True)
