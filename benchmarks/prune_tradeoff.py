@@ -30,8 +30,8 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from _harness import CONF, genexp_train, read_json
+from _slim import slim
 from genexp.compression.prune import PruningCallback
-from genexp.compression.slim import slim
 from genexp.compression.targets import deployable_of
 from genexp.deploy.costs import measure
 from genexp.deploy.latency import cpu_latency_ms
