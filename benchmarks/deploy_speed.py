@@ -40,8 +40,8 @@ from genexp.checkpoints.rebuild import find_checkpoint, load_any
 from genexp.deploy import latency
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session, session_call
-from genexp.exporters.families import family_of as export_family
-from genexp.exporters.families import graphs_of, install_graphs
+from genexp.exporters.registry import family_of as export_family
+from genexp.exporters.registry import graphs_of, install_graphs
 from genexp.models.gpt import GPT
 from genexp.report.family import family_of
 from genexp.report.measure_run import test_quality

@@ -16,7 +16,7 @@ from genexp.deploy.onnx_attention import DOMAIN
 from genexp.deploy.onnx_export import export_graph
 from genexp.deploy.onnx_quantize import quantize_graph
 from genexp.deploy.onnx_runtime import open_session
-from genexp.exporters.families import graphs_of
+from genexp.exporters.registry import graphs_of
 from genexp.models.gpt import GPT
 
 VOCAB = [chr(97 + i) for i in range(26)] + ["\n"]

@@ -18,7 +18,7 @@ MOVED_MODULES = {
     "genexp.metrics.cost": "genexp.callbacks.training_cost",
     "genexp.metrics.callback": "genexp.callbacks.sample_quality",
     "genexp.report.sweep_callback": "genexp.callbacks.sweep_comparison",
-    "genexp.onnx_families": "genexp.exporters.families",
+    "genexp.onnx_families": "genexp.exporters.registry",
     "genexp.onnx_diffusion": "genexp.exporters.diffusion",
     "genexp.startup": "genexp.runtime.startup",
     "genexp.build": "genexp.runtime.build",

@@ -1,6 +1,6 @@
 """The ONNX export of a deployable's graphs: opset checks, a float copy to export, the export itself, what a
 graph file holds (inputs, outputs, weights), and the export folder's name. Which graphs each model family
-ships, and how their outputs become samples, is ``genexp.exporters.families``.
+ships, and how their outputs become samples, is ``genexp.exporters.registry``.
 
 Graphs are written by ``torch.onnx.export`` (the TorchScript exporter: it exports the small genexp
 networks in under a second and needs no onnxscript), with a dynamic batch axis on every input and output,
@@ -44,7 +44,7 @@ ONNX_DTYPES = {1: "float32", 7: "int64", 10: "float16", 16: "bfloat16", 3: "int8
 
 @dataclass
 class Family:
-    """What one model family exports (built by ``genexp.exporters.families.family_of``).
+    """What one model family exports (built by ``genexp.exporters.registry.family_of``).
 
     ``graphs(batch)`` gives the graphs on example inputs of that batch (the main graph first); ``inputs(count,
     batch)`` batches for the main graph's input from the run's data (calibration and the int8 check);

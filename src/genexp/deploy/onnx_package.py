@@ -1,5 +1,5 @@
 """An export folder: the fp32 graphs, their int8 versions, and ``model.json``, for one model family's graphs
-(a ``Family`` from ``genexp.exporters.families.family_of``).
+(a ``Family`` from ``genexp.exporters.registry.family_of``).
 
 ``write_package`` is what ``genexp-export`` and ``compression.quantize.backend=onnxruntime`` call. It never
 writes over another export: the folder must not exist yet (``onnx_export.export_folder`` picks a new name),

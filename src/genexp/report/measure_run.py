@@ -34,7 +34,7 @@ from genexp.deploy.latency import (
     throughput,
 )
 from genexp.deploy.onnx_runtime import session_call
-from genexp.exporters.families import exportable
+from genexp.exporters.registry import exportable
 from genexp.report.family import compression_of, family_of, model_class
 from genexp.report.onnx_target import backend_latency, onnx_size
 from genexp.report.training import training_of

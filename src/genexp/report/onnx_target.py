@@ -21,7 +21,7 @@ from genexp.checkpoints.rebuild import Loaded, load_any
 from genexp.deploy.onnx_export import initializer_counts
 from genexp.deploy.onnx_package import JSON_FILE, latency_table, write_package
 from genexp.deploy.onnx_runtime import open_session
-from genexp.exporters.families import family_of, graphs_of, install_graphs
+from genexp.exporters.registry import family_of, graphs_of, install_graphs
 from genexp.runtime.errors import GenexpError
 
 INT8_SUFFIX = ".int8.onnx"

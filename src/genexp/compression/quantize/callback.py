@@ -223,7 +223,7 @@ class QuantizationCallback(Callback):
         """``backend=onnxruntime``: model.onnx and model.int8.onnx (checked against fp32) into ``<run>/export``."""
         from genexp.deploy.onnx_export import export_folder
         from genexp.deploy.onnx_package import write_package
-        from genexp.exporters.families import family_of
+        from genexp.exporters.registry import family_of
 
         if run_dir is None:
             return {"backend": "onnxruntime", "export": None}
