@@ -34,8 +34,8 @@ from _harness import add_trial_options, latency_header, spread, trial_processes
 from genexp.deploy import latency
 from genexp.deploy.onnx_export import Graph, export_graph
 from genexp.deploy.onnx_runtime import open_session, session_call
-from genexp.models.gan import Generator
-from genexp.models.vae import VAENet
+from genexp.models.dcgan import Generator
+from genexp.models.vae_net import VAENet
 
 VARIANTS = ("torch eager", "ORT kernel", "ORT sub-pixel", "ORT im2col MatMul", "ORT im2col int8")
 

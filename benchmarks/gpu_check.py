@@ -85,7 +85,7 @@ def inference(args: argparse.Namespace) -> None:
         quantize_,
     )
 
-    from genexp.models.gpt import Transformer
+    from genexp.models.transformer import Transformer
 
     torch.manual_seed(0)
     float_net = Transformer(65, 256, 8, 8, 512, 0.0, False).cuda().to(torch.bfloat16).eval()

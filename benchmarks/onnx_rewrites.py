@@ -27,7 +27,7 @@ from genexp.deploy import latency
 from genexp.deploy.onnx_conv import project_latent
 from genexp.deploy.onnx_export import Graph, export_graph
 from genexp.deploy.onnx_runtime import open_session, session_call
-from genexp.models.gan import Generator
+from genexp.models.dcgan import Generator
 
 VARIANTS = ("torch fp32 eager", "ORT, as torch.onnx writes it", "ORT, first layer as one Gemm")
 

@@ -15,7 +15,8 @@ from lightning.pytorch import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import FAST as _FAST
-from genexp.models.gan import GAN, dcgan_layout
+from genexp.models.dcgan import dcgan_layout
+from genexp.models.gan import GAN
 from genexp.runtime.errors import ConfigError
 
 # ++: trainer/default.yaml has no limit_*_batches keys, so FAST's plain overrides cannot apply

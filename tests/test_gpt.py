@@ -12,7 +12,8 @@ import torch
 
 from conftest import FAST, run_dirs
 from genexp.checkpoints.rebuild import load_checkpoint
-from genexp.models.gpt import GPT, Transformer
+from genexp.models.gpt import GPT
+from genexp.models.transformer import Transformer
 from genexp.runtime.build import build_datamodule, build_model, build_trainer
 from genexp.runtime.errors import ConfigError
 from genexp.train import train

@@ -15,7 +15,7 @@ from torch import nn
 from genexp.deploy.onnx_conv import LatentProjection, project_latent
 from genexp.deploy.onnx_export import Graph, export_graph
 from genexp.deploy.onnx_runtime import open_session
-from genexp.models.gan import Generator
+from genexp.models.dcgan import Generator
 
 
 def _generator(channels: int, affine: bool = True) -> Generator:

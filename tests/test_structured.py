@@ -13,9 +13,9 @@ from omegaconf import OmegaConf
 from conftest import FAST
 from genexp.checkpoints.rebuild import load_any
 from genexp.compression.structured import UnitPruner
-from genexp.models.gan import Generator
-from genexp.models.gpt import Transformer
-from genexp.models.vae import VAENet
+from genexp.models.dcgan import Generator
+from genexp.models.transformer import Transformer
+from genexp.models.vae_net import VAENet
 from test_onnx_export import TEXT, compose_cfg
 
 NETS = {

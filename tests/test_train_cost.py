@@ -17,7 +17,8 @@ from omegaconf import open_dict
 
 from conftest import FAST, run_dirs
 from genexp.callbacks.training_cost import TrainingCost, batch_size_of, percentile
-from genexp.models.gpt import GPT, Transformer
+from genexp.models.gpt import GPT
+from genexp.models.transformer import Transformer
 from genexp.runtime.errors import ConfigError
 from genexp.train import train
 

@@ -33,7 +33,12 @@ MOVED_MODULES = {
 }
 
 # old dotted path -> new dotted path, for callables that left a module which stayed
-MOVED_CALLABLES: dict[str, str] = {}
+MOVED_CALLABLES = {
+    **{f"genexp.models.gpt.{n}": f"genexp.models.transformer.{n}" for n in ("Transformer", "Block", "MLP")},
+    "genexp.models.gpt.CausalSelfAttention": "genexp.models.transformer.CausalSelfAttention",
+    **{f"genexp.models.gan.{n}": f"genexp.models.dcgan.{n}" for n in ("Generator", "Discriminator")},
+    **{f"genexp.models.vae.{n}": f"genexp.models.vae_net.{n}" for n in ("VAENet", "Encoder", "Decoder")},
+}
 
 
 def new_path(target: str) -> str:

@@ -155,8 +155,13 @@ class GenerativeModule(L.LightningModule):
         params: Iterable[Any],
         factory: OptimizerFactory | None = None,
         scheduler: dict[str, Any] | None = None,
+        total_steps: int | None = None,
     ) -> dict[str, Any]:
-        """One optimizer and its optional Lightning scheduler dict, from the configured partials."""
+        """One optimizer and its optional Lightning scheduler dict, from the configured partials.
+
+        A schedule that takes ``total_steps`` and leaves it null gets this optimizer's number of updates:
+        ``total_steps`` when given (at least 1), else the Trainer's ``estimated_stepping_batches``.
+        """
         make = factory or self.optimizer_factory
         optimizer = make(params, **self._fused(make))
         scheduler = self.scheduler_config if scheduler is None else scheduler
@@ -167,7 +172,8 @@ class GenerativeModule(L.LightningModule):
         keywords = getattr(make, "keywords", {})
         accepts = inspect.signature(make).parameters
         if "total_steps" in accepts and keywords.get("total_steps") is None:
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+            steps = int(self.trainer.estimated_stepping_batches) if total_steps is None else max(1, total_steps)
+            kwargs["total_steps"] = steps
         lr_scheduler = {k: v for k, v in scheduler.items() if k != "scheduler" and v is not None}
         lr_scheduler["scheduler"] = make(optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
