@@ -31,6 +31,7 @@ from genexp.deploy.artifact import ARTIFACT_DIR, artifact_file, install_artifact
 from genexp.models.base import CONFIG_KEY, GenerativeModule
 from genexp.runtime.build import build_datamodule, build_model, instantiate
 from genexp.runtime.errors import CheckpointError, ConfigError, GenexpError, first_line
+from genexp.runtime.run_folder import LAST_CHECKPOINT
 
 # A config from disk is data: only these callables may be instantiated from it (plus what the user trusts).
 TRUSTED_TARGETS = ("genexp.", "torch.optim.", "lightning.pytorch.")
@@ -266,9 +267,10 @@ def run_folder_of(path: Path) -> Path | None:
 
 def find_checkpoint(run_dir: Path, key: str) -> Path:
     """``checkpoints/last.ckpt``, else the newest checkpoint of the run folder."""
-    folder = run_dir / "checkpoints"
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
+    last = run_dir / LAST_CHECKPOINT
+    folder = last.parent
+    if last.is_file():
+        return last
     found = (
         sorted(folder.glob(f"*{CHECKPOINT_SUFFIX}"), key=lambda p: p.stat().st_mtime)
         if folder.is_dir()

@@ -52,7 +52,7 @@ from genexp.deploy.artifact import ARTIFACT_DIR, save_deployable
 from genexp.deploy.costs import fidelity, measure, weight_bytes, zero_fraction
 from genexp.deploy.layers import CONV_TYPES, HALF_DTYPES, plain_copy
 from genexp.runtime.errors import ConfigError
-from genexp.runtime.run_folder import record_compression
+from genexp.runtime.run_folder import LAST_CHECKPOINT, record_compression
 
 log = logging.getLogger(__name__)
 
@@ -233,7 +233,7 @@ class QuantizationCallback(Callback):
             folder,
             quantize="int8",
             batch_size=self.latency_batch_size,
-            source={"target": str(run_dir / "checkpoints" / "last.ckpt"), "relative": "../checkpoints/last.ckpt"},
+            source={"target": str(run_dir / LAST_CHECKPOINT), "relative": str(".." / LAST_CHECKPOINT)},
             timing={"repeats": self.latency_repeats},
         )
         log.info("ONNX Runtime int8 export: %s", folder)
