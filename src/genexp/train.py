@@ -28,7 +28,7 @@ from genexp.runtime.build import (
 from genexp.runtime.distributed import job_scope, relaunch_argv
 from genexp.runtime.errors import ConfigError, GenexpError, report_errors
 from genexp.runtime.run_folder import ensure_fresh, resume_checkpoint, scalar_metrics, write_json
-from genexp.runtime.startup import config_dir, quiet_console
+from genexp.runtime.startup import config_dir, quiet_console, tuning_summary
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = config_dir()
@@ -62,6 +62,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> f
     trainer = build_trainer(cfg, build_callbacks(cfg), build_loggers(cfg))
 
     log.info("Run folder: %s", output_dir)
+    log.info("Tuning: %s", tuning_summary(cfg))
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

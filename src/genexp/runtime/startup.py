@@ -77,3 +77,29 @@ def quiet_console() -> None:
         for target in (logger, *logger.handlers):
             if _DROP not in target.filters:
                 target.addFilter(_DROP)
+
+
+def tuning_summary(cfg: Any) -> str:
+    """Which ``conf/tuning/`` file this run's defaults took and the keys it set, for train.log, e.g.
+    ``tuning/vae_sgd.yaml (sets optimizer.lr, trainer.gradient_clip_val)``; ``none`` when none applied."""
+    applied = cfg.get("tuning_applied")
+    if not applied:
+        return "none (no conf/tuning/<model>_<optimizer>.yaml for this pair, or ~tuning)"
+    path = Path(config_dir()) / str(applied)
+    if not path.is_file():
+        return str(applied)
+    tuned = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(tuned, dict)
+    return f"{applied} (sets {', '.join(_leaf_keys(tuned, skip={'tuning_applied'}))})"
+
+
+def _leaf_keys(node: dict[str, Any], prefix: str = "", skip: frozenset[str] | set[str] = frozenset()) -> list[str]:
+    keys = []
+    for key, value in node.items():
+        if key in skip:
+            continue
+        if isinstance(value, dict):
+            keys.extend(_leaf_keys(value, f"{prefix}{key}."))
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys
