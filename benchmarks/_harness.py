@@ -46,7 +46,9 @@ def genexp_train(
     if log is not None or quiet:
         target = log or Path(os.devnull)
         with target.open("w") as out:
-            done = subprocess.run(command, cwd=where, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+            done = subprocess.run(
+                command, cwd=where, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
+            )
     else:
         done = subprocess.run(command, cwd=where, env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - start
@@ -59,7 +61,11 @@ def genexp_train(
 def spread(values: list[float]) -> str:
     """``median`` of several processes' figures, or ``median (lowest-highest)`` when they differ."""
     mid = statistics.median(values)
-    return f"{mid:.2f}" if max(values) - min(values) < 1e-9 else f"{mid:.2f} ({min(values):.2f}-{max(values):.2f})"
+    return (
+        f"{mid:.2f}"
+        if max(values) - min(values) < 1e-9
+        else f"{mid:.2f} ({min(values):.2f}-{max(values):.2f})"
+    )
 
 
 def add_trial_options(parser: argparse.ArgumentParser) -> None:
@@ -78,8 +84,10 @@ def latency_header() -> str:
 
     from genexp.deploy import latency
 
-    return (f"CPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, "
-            f"OMP_WAIT_POLICY {latency.omp_wait_policy()}")
+    return (
+        f"CPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, "
+        f"OMP_WAIT_POLICY {latency.omp_wait_policy()}"
+    )
 
 
 def trial_processes(script: str, args: Sequence[str], count: int, folder: Path) -> list[dict[str, Any]]:
@@ -90,7 +98,9 @@ def trial_processes(script: str, args: Sequence[str], count: int, folder: Path) 
     for k in range(count):
         path = folder / f"trial{k}.json"
         print(f"trial {k + 1}/{count}: a fresh process", flush=True)
-        subprocess.run([sys.executable, script, *args, "--trial-json", str(path)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, script, *args, "--trial-json", str(path)], check=True, stdout=subprocess.DEVNULL
+        )
         results.append(json.loads(path.read_text()))
     return results
 

@@ -59,9 +59,15 @@ PRUNE = [
     "compression.prune.end_epoch=8",
     "compression.prune.latency_repeats=0",
 ]
-QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-         "compression.prune.start_epoch=0", "compression.prune.end_epoch=0", "callbacks.sample_quality=null",
-         "callbacks.model_checkpoint.monitor=val/loss"]  # the GAN's val/fid comes from sample_quality
+QUICK = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "compression.prune.start_epoch=0",
+    "compression.prune.end_epoch=0",
+    "callbacks.sample_quality=null",
+    "callbacks.model_checkpoint.monitor=val/loss",
+]  # the GAN's val/fid comes from sample_quality
 BATCH = {"gpt": 16, "gan": 64, "vae": 64}
 # The GPT's heads own 16k weights each and its MLP units 256: one global ranking prunes MLP units only, so each
 # block loses half of its heads and half of its MLP units (``scope=layer``); conv channels rank globally.
@@ -102,10 +108,19 @@ def measure_run(run: Path, out: Path, quality: bool, data_dir: Path) -> dict[str
         batch_size=BATCH[family.name],
         timing={"repeats": 0},
     )
-    trainer = {"_target_": "lightning.Trainer", "accelerator": "cpu", "logger": False, "enable_progress_bar": False,
-               "enable_model_summary": False}
+    trainer = {
+        "_target_": "lightning.Trainer",
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
     variants: dict[str, Any] = {}
-    for variant, suffix in (("torch fp32 eager", None), ("onnxruntime fp32", ".onnx"), ("onnxruntime int8", ".int8.onnx")):
+    for variant, suffix in (
+        ("torch fp32 eager", None),
+        ("onnxruntime fp32", ".onnx"),
+        ("onnxruntime int8", ".int8.onnx"),
+    ):
         if suffix is None:
             model = loaded.model
         else:
@@ -113,11 +128,23 @@ def measure_run(run: Path, out: Path, quality: bool, data_dir: Path) -> dict[str
             model = install_graphs(copy.deepcopy(loaded.model), sessions)
         metric = float("nan")
         if quality:
-            metrics = test_quality(replace(loaded, model=model), OmegaConf.create(trainer), callbacks_for(family.name, data_dir), verbose=False)
+            metrics = test_quality(
+                replace(loaded, model=model),
+                OmegaConf.create(trainer),
+                callbacks_for(family.name, data_dir),
+                verbose=False,
+            )
             metric = metrics.get(family.primary, float("nan"))
         variants[variant] = {"suffix": suffix, "quality": metric}
     params = sum(p.numel() for p in loaded.model.deployable().parameters())
-    return {"run": run, "loaded": loaded, "family": family, "folder": folder, "variants": variants, "params": params}
+    return {
+        "run": run,
+        "loaded": loaded,
+        "family": family,
+        "folder": folder,
+        "variants": variants,
+        "params": params,
+    }
 
 
 def calls_for(item: dict[str, Any], batch: int) -> dict[str, Any]:
@@ -139,6 +166,7 @@ def generation(item: dict[str, Any]) -> dict[str, float]:
     out = {}
     for variant, spec in item["variants"].items():
         if spec["suffix"] is None:
+
             def step(ids: Any, net: Any = main.module) -> Any:
                 with torch.inference_mode():
                     return net(torch.from_numpy(ids))[:, -1].numpy()
@@ -147,6 +175,7 @@ def generation(item: dict[str, Any]) -> dict[str, float]:
 
             def step(ids: Any, s: Any = session) -> Any:
                 return s.run(None, {"tokens": ids})[0][:, -1]
+
         out[variant] = latency.tokens_per_s(step, prompt, 256, model.block_size)
     return out
 
@@ -171,12 +200,16 @@ def time_items(items: list[dict[str, Any]], repeats: int, rounds: int) -> dict[s
 
 def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args: argparse.Namespace) -> None:
     policy = latency.omp_wait_policy()
-    print(f"\n{latency_header()}; {len(trials)} process(es), each the median of {args.repeats} calls in {args.rounds} "
-          "interleaved rounds; ms: median over processes; x = dense torch fp32 eager / this, median (min-max) "
-          "over processes\n")
+    print(
+        f"\n{latency_header()}; {len(trials)} process(es), each the median of {args.repeats} calls in {args.rounds} "
+        "interleaved rounds; ms: median over processes; x = dense torch fp32 eager / this, median (min-max) "
+        "over processes\n"
+    )
     if policy.upper() == "PASSIVE":
-        print("warning: OMP_WAIT_POLICY=PASSIVE puts torch's OpenMP threads to sleep after every op: torch eager "
-              "is 20-90% slower with it, ONNX Runtime (its own threads) is not, so the ratios flatter ONNX Runtime\n")
+        print(
+            "warning: OMP_WAIT_POLICY=PASSIVE puts torch's OpenMP threads to sleep after every op: torch eager "
+            "is 20-90% slower with it, ONNX Runtime (its own threads) is not, so the ratios flatter ONNX Runtime\n"
+        )
     print("| family | run | backend | params | quality | batch B, ms | x | batch 1, ms | x | tokens/s | x |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     dense_of: dict[str, str] = {}
@@ -189,30 +222,51 @@ def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args:
             cells = []
             for batch in (big, "1"):
                 ms = [t["ms"][run][variant][batch] for t in trials]
-                ratios = [t["ms"][base]["torch fp32 eager"][batch] / t["ms"][run][variant][batch] for t in trials]
+                ratios = [
+                    t["ms"][base]["torch fp32 eager"][batch] / t["ms"][run][variant][batch] for t in trials
+                ]
                 cells += [f"{statistics.median(ms):.3f}", spread(ratios)]
             if fam == "gpt":
                 tok = [t["tokens_per_s"][run][variant] for t in trials]
-                ratios = [t["tokens_per_s"][run][variant] / t["tokens_per_s"][base]["torch fp32 eager"] for t in trials]
+                ratios = [
+                    t["tokens_per_s"][run][variant] / t["tokens_per_s"][base]["torch fp32 eager"]
+                    for t in trials
+                ]
                 cells += [f"{statistics.median(tok):,.0f}", spread(ratios)]
             else:
                 cells += ["–", "–"]
-            print(f"| {fam} | {run} | {variant} | {item['params']:,} | {spec['quality']:.5g} | " + " | ".join(cells) + " |")
+            print(
+                f"| {fam} | {run} | {variant} | {item['params']:,} | {spec['quality']:.5g} | "
+                + " | ".join(cells)
+                + " |"
+            )
     print(f"\n(batch B: GPT {BATCH['gpt']} windows of the context length, GAN/VAE 64)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", action="append", default=[], help="an existing run folder (dense first)")
-    parser.add_argument("--train", action="append", default=[], choices=sorted(RECIPES), help="train dense + 50%% structured")
-    parser.add_argument("--override", action="append", default=[], help="genexp-train override for --train (every family)")
+    parser.add_argument(
+        "--train", action="append", default=[], choices=sorted(RECIPES), help="train dense + 50%% structured"
+    )
+    parser.add_argument(
+        "--override", action="append", default=[], help="genexp-train override for --train (every family)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny training: checks that the script runs")
     add_trial_options(parser)
     parser.add_argument("--no-quality", action="store_true", help="skip the quality of each variant")
-    parser.add_argument("--out", default=None, help="where trained runs and exports go (default: a temporary folder)")
+    parser.add_argument(
+        "--out", default=None, help="where trained runs and exports go (default: a temporary folder)"
+    )
     args = parser.parse_args()
     # a trial process exports next to its JSON file (trial0/, trial1/, ...)
-    root = Path(args.trial_json).with_suffix("") if args.trial_json else Path(args.out or tempfile.mkdtemp(prefix="deploy_speed-"))
+    root = (
+        Path(args.trial_json).with_suffix("")
+        if args.trial_json
+        else Path(args.out or tempfile.mkdtemp(prefix="deploy_speed-"))
+    )
     runs = [Path(r) for r in args.run]
     for family in args.train:
         runs += train(family, args.override, args.quick, root / "runs")
@@ -223,8 +277,16 @@ def main() -> None:
         Path(args.trial_json).write_text(json.dumps(time_items(items, args.repeats, args.rounds)))
         return
     if args.trials > 1:
-        trial_args = ["--no-quality", "--trials", "1", "--repeats", str(args.repeats), "--rounds", str(args.rounds),
-                      *[arg for run in runs for arg in ("--run", str(run))]]
+        trial_args = [
+            "--no-quality",
+            "--trials",
+            "1",
+            "--repeats",
+            str(args.repeats),
+            "--rounds",
+            str(args.rounds),
+            *[arg for run in runs for arg in ("--run", str(run))],
+        ]
         trials = trial_processes(__file__, trial_args, args.trials, root)
     else:
         trials = [time_items(items, args.repeats, args.rounds)]

@@ -43,7 +43,9 @@ def test_a_checkpoint_naming_moved_targets_loads(compose_train, tmp_path: Path) 
     datamodule = build_datamodule(cfg)
     model = build_model(cfg, datamodule)
     config = OmegaConf.to_container(cfg, resolve=True)
-    config["scheduler"]["scheduler"]["_target_"] = "genexp.lr_schedules.warmup_cosine"  # as saved before the move
+    config["scheduler"]["scheduler"]["_target_"] = (
+        "genexp.lr_schedules.warmup_cosine"  # as saved before the move
+    )
     config["callbacks"]["nan_guard"]["_target_"] = "genexp.nan_guard.NonFiniteGuard"
     path = tmp_path / "old.ckpt"
     torch.save({CONFIG_KEY: config, "state_dict": model.state_dict(), "epoch": 0, "global_step": 0}, path)

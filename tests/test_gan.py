@@ -119,7 +119,9 @@ def _fit(model: GAN, callbacks: list[Callback], epochs: int = 2, batches: int = 
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
-        default_root_dir=tempfile.mkdtemp(prefix="genexp-gan-"),  # samples.png goes there, not into the checkout
+        default_root_dir=tempfile.mkdtemp(
+            prefix="genexp-gan-"
+        ),  # samples.png goes there, not into the checkout
     )
     trainer.fit(model, datamodule=_Digits())
     return trainer
@@ -208,7 +210,9 @@ class _GradRMS(Callback):
 @pytest.mark.parametrize("clip", [None, 1e-5])
 def test_grad_clip_caps_each_tensors_rms_gradient(clip) -> None:
     recorder = _GradRMS()
-    _fit(_tiny_gan(optimizer=partial(torch.optim.SGD, lr=0.1), grad_clip=clip), [recorder], epochs=1, batches=3)
+    _fit(
+        _tiny_gan(optimizer=partial(torch.optim.SGD, lr=0.1), grad_clip=clip), [recorder], epochs=1, batches=3
+    )
     assert len(recorder.rms) == 6  # one D and one G step per batch
     if clip is None:
         assert min(recorder.rms) > 1e-5  # unclipped gradients are larger than the cap below

@@ -37,7 +37,9 @@ def test_resuming_a_checkpoint_of_another_family_or_shape(cli, tmp_path: Path, t
     first = cli([*FAST, "model.hidden_channels=8"])
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt = run_dirs(tmp_path)[0] / "checkpoints" / "last.ckpt"
-    line = one_error_line(cli(["model=gpt", "data=text", f"data.path={text_file}", f"ckpt_path={ckpt}", *FAST]))
+    line = one_error_line(
+        cli(["model=gpt", "data=text", f"data.path={text_file}", f"ckpt_path={ckpt}", *FAST])
+    )
     assert f"ckpt_path={ckpt}: holds a VAE" in line and "this run builds a GPT" in line
     line = one_error_line(cli([*FAST, "model.hidden_channels=16", f"ckpt_path={ckpt}"]))
     assert f"ckpt_path={ckpt}: its " in line and "has shape" in line
@@ -51,7 +53,9 @@ def test_a_failed_multirun_job_prints_its_error_line(cli, tmp_path: Path) -> Non
 
 
 def test_default_prune_schedule_reaches_the_asked_sparsity(cli, tmp_path: Path) -> None:
-    result = cli([*FAST, "trainer.max_epochs=3", "compression=[prune]", "compression.prune.final_sparsity=0.8"])
+    result = cli(
+        [*FAST, "trainer.max_epochs=3", "compression=[prune]", "compression.prune.final_sparsity=0.8"]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run_dirs(tmp_path)[0] / "compression.json").read_text())
     assert report["achieved_sparsity"] == pytest.approx(0.8, abs=0.0005)
@@ -61,7 +65,9 @@ def test_default_prune_schedule_reaches_the_asked_sparsity(cli, tmp_path: Path) 
 
 @pytest.mark.parametrize("extra", [[], ["compression=[quantize]", "compression.quantize.latency_repeats=0"]])
 def test_a_default_run_console_is_quiet(cli, extra) -> None:
-    result = cli(["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", *extra])
+    result = cli(
+        ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", *extra]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     console = result.stdout + result.stderr
     for noise in ("Failed to load", "litmodels", "litlogger", "💡", "deprecated", "srun"):

@@ -225,7 +225,9 @@ def test_config_error_survives_pickling() -> None:
 
 
 @pytest.mark.parametrize("flags,warned", [(["avx2"], True), (["avx2", "avx512f", "avx512_bf16"], False)])
-def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(monkeypatch, caplog, flags, warned) -> None:
+def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(
+    monkeypatch, caplog, flags, warned
+) -> None:
     from omegaconf import OmegaConf
 
     from genexp.checks import run as validation

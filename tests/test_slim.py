@@ -10,7 +10,9 @@ from torch import nn
 
 from genexp.compression.prune import PruningCallback
 
-_SPEC = importlib.util.spec_from_file_location("_slim", Path(__file__).resolve().parents[1] / "benchmarks" / "_slim.py")
+_SPEC = importlib.util.spec_from_file_location(
+    "_slim", Path(__file__).resolve().parents[1] / "benchmarks" / "_slim.py"
+)
 assert _SPEC is not None and _SPEC.loader is not None
 _SLIM = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(_SLIM)

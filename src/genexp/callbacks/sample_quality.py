@@ -104,7 +104,10 @@ class SampleQuality(Callback):
             return {}
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad(), torch.random.fork_rng():  # the same noise for every model scored: rows compare models
+        with (
+            torch.no_grad(),
+            torch.random.fork_rng(),
+        ):  # the same noise for every model scored: rows compare models
             torch.manual_seed(self.seed)
             samples = pl_module.sample(self.num_samples)
         pl_module.train(was_training)

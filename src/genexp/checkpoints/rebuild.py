@@ -50,7 +50,11 @@ def trust(prefixes: Any, key: str = "trust") -> tuple[str, ...]:
     global _trusted_by_config
     values = [] if prefixes is None else ([prefixes] if isinstance(prefixes, str) else list(prefixes))
     for value in values:
-        if not isinstance(value, str) or not value.strip(".") or not all(p.isidentifier() for p in value.strip(".").split(".")):
+        if (
+            not isinstance(value, str)
+            or not value.strip(".")
+            or not all(p.isidentifier() for p in value.strip(".").split("."))
+        ):
             raise ConfigError(key, prefixes, "a list of module prefixes to trust, e.g. trust=[mypkg.]")
     _trusted_by_config = tuple(values)
     return trusted_targets()
@@ -108,7 +112,9 @@ def saved_config(checkpoint: dict[str, Any], path: str | Path, key: str = "ckpt_
 
 def with_new_paths(saved: dict[str, Any]) -> dict[str, Any]:
     """``saved`` (a checkpoint or artifact) with the moved ``_target_``s of its config and model_kwargs renamed."""
-    return {key: renamed(value) if key in (CONFIG_KEY, "model_kwargs") else value for key, value in saved.items()}
+    return {
+        key: renamed(value) if key in (CONFIG_KEY, "model_kwargs") else value for key, value in saved.items()
+    }
 
 
 def check_trusted(node: Any, path: str | Path, key: str, where: str) -> None:
@@ -131,7 +137,9 @@ def _targets(node: Any) -> list[Any]:
     return []
 
 
-def check_resumable(checkpoint: dict[str, Any], model: nn.Module, path: str | Path, key: str = "ckpt_path") -> None:
+def check_resumable(
+    checkpoint: dict[str, Any], model: nn.Module, path: str | Path, key: str = "ckpt_path"
+) -> None:
     """Raise CheckpointError when ``checkpoint`` holds another model family, or weights of other shapes, than
     the ``model`` this run built (resuming needs the run's own model and data settings)."""
     saved = str((checkpoint.get(CONFIG_KEY) or {}).get("model", {}).get("_target_", "?"))
@@ -201,7 +209,9 @@ def load_model(path: str | Path, key: str = "ckpt_path", data: dict[str, Any] | 
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"{key}={path}: weights do not fit the saved config: {first_line(err)}") from err
+        raise CheckpointError(
+            f"{key}={path}: weights do not fit the saved config: {first_line(err)}"
+        ) from err
     info = {
         "epoch": float(checkpoint.get("epoch", -1)),
         "global_step": float(checkpoint.get("global_step", -1)),

@@ -58,7 +58,9 @@ def positive_number(key: str, value: Any, allow_none: bool = False) -> Any:
     return value
 
 
-def in_range(key: str, value: Any, low: float, high: float, what: str = "a number", allow_none: bool = False) -> Any:
+def in_range(
+    key: str, value: Any, low: float, high: float, what: str = "a number", allow_none: bool = False
+) -> Any:
     """A number in ``[low, high)``."""
     if value is None and allow_none:
         return value
@@ -103,4 +105,3 @@ def regexes(key: str, value: Sequence[str] | str | None) -> list[str]:
         except re.error as err:
             raise ConfigError(key, pattern, f"a valid regular expression ({err})") from None
     return patterns
-

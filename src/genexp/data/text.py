@@ -166,7 +166,9 @@ class TextDataModule(L.LightningDataModule):
         fraction("data.test_fraction", test_fraction, open_low=True)
         if val_fraction + test_fraction >= 1:
             raise ConfigError(
-                "data.test_fraction", test_fraction, f"a fraction with data.val_fraction + it < 1 (val: {val_fraction})"
+                "data.test_fraction",
+                test_fraction,
+                f"a fraction with data.val_fraction + it < 1 (val: {val_fraction})",
             )
         self.save_hyperparameters(logger=False)
         self.name, self.path, self.url, self.download = name, Path(path), url, download

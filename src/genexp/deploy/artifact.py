@@ -30,7 +30,12 @@ from genexp.deploy.sparse_format import deployable_state_dict, load_sparse_state
 from genexp.runtime.errors import CheckpointError, ConfigError, first_line
 from genexp.runtime.run_folder import write_json
 
-ARTIFACT_DIR, ARTIFACT_FILE, CONTEXT_FILE, RECIPE_FILE = "quantized", "deployable.pt", "context.pt", "recipe.json"
+ARTIFACT_DIR, ARTIFACT_FILE, CONTEXT_FILE, RECIPE_FILE = (
+    "quantized",
+    "deployable.pt",
+    "context.pt",
+    "recipe.json",
+)
 FORMAT = "genexp-deployable/2"  # /2: state_dict in the sparse bitmask format
 READABLE_FORMATS = ("genexp-deployable/1", FORMAT)
 

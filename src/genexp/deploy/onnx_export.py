@@ -147,7 +147,13 @@ def io_of(path: str | Path) -> dict[str, Any]:
         for value in values:
             tensor = value.type.tensor_type
             shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-            out.append({"name": value.name, "dtype": ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type)), "shape": shape})
+            out.append(
+                {
+                    "name": value.name,
+                    "dtype": ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type)),
+                    "shape": shape,
+                }
+            )
         return out
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -176,4 +182,3 @@ def export_folder(base: Path) -> Path:
     while (base.parent / f"{base.name}-{n}").exists():
         n += 1
     return base.parent / f"{base.name}-{n}"
-

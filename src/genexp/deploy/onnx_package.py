@@ -40,7 +40,9 @@ GENERATION_TOKENS = 256
 
 def check_quantize(value: Any, key: str = "quantize") -> str:
     if value not in QUANTIZE:
-        reason = " (int4 has no ONNX Runtime CPU kernel for these graphs)" if str(value).startswith("int4") else ""
+        reason = (
+            " (int4 has no ONNX Runtime CPU kernel for these graphs)" if str(value).startswith("int4") else ""
+        )
         raise ConfigError(key, value, f"one of {list(QUANTIZE)}{reason}")
     return str(value)
 
@@ -99,14 +101,31 @@ def _write(
     batches = family.inputs(max(calibration_batches, 1), batch_size)
     for graph in graphs:
         path = export_graph(graph, folder / graph.file, opset)
-        files[graph.file] = {**io_of(path), **initializer_counts(path), "bytes": path.stat().st_size, "precision": "fp32"}
+        files[graph.file] = {
+            **io_of(path),
+            **initializer_counts(path),
+            "bytes": path.stat().st_size,
+            "precision": "fp32",
+        }
         if quantize == "int8":
             feeds = family.feeds(graph, batches, graphs)
             recipe = quantize_graph(
-                path, folder / graph.int8_file(), family.int8, feeds[0], feeds, tolerance, family.static_options
+                path,
+                folder / graph.int8_file(),
+                family.int8,
+                feeds[0],
+                feeds,
+                tolerance,
+                family.static_options,
             )
             int8 = folder / graph.int8_file()
-            files[int8.name] = {**io_of(int8), **initializer_counts(int8), "bytes": int8.stat().st_size, "precision": "int8", "quantization": recipe}
+            files[int8.name] = {
+                **io_of(int8),
+                **initializer_counts(int8),
+                "bytes": int8.stat().st_size,
+                "precision": "int8",
+                "quantization": recipe,
+            }
     return {
         "format": FORMAT,
         "family": family.name,
@@ -115,7 +134,11 @@ def _write(
         "main": "model.onnx",
         "variants": ["fp32", "int8"] if quantize == "int8" else ["fp32"],
         "usage": family.usage,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
     }
 
 
@@ -142,7 +165,9 @@ def latency_table(
         for name, numbers in interleaved_latency(calls, repeats, warmup, rounds).items():
             rows.append({"backend": name, "batch_size": batch, **numbers})
     for row in rows:
-        base = next(r for r in rows if r["backend"] == "torch fp32 eager" and r["batch_size"] == row["batch_size"])
+        base = next(
+            r for r in rows if r["backend"] == "torch fp32 eager" and r["batch_size"] == row["batch_size"]
+        )
         row["speedup_vs_torch"] = base["median_ms"] / row["median_ms"]
     out: dict[str, Any] = {
         "rows": rows,

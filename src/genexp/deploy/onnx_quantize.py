@@ -89,7 +89,12 @@ def quantize_graph(
     with _quiet():
         if method == "dynamic":
             quantize_dynamic(source, tmp, op_types_to_quantize=list(DYNAMIC_OPS), weight_type=QuantType.QInt8)
-            recipe = {"method": "dynamic", "ops": list(DYNAMIC_OPS), "weights": "int8 per tensor", "activations": "int8, dynamic"}
+            recipe = {
+                "method": "dynamic",
+                "ops": list(DYNAMIC_OPS),
+                "weights": "int8 per tensor",
+                "activations": "int8, dynamic",
+            }
         else:
             reader = _Reader(calibration)
             CalibrationDataReader.register(_Reader)

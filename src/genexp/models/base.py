@@ -172,7 +172,9 @@ class GenerativeModule(L.LightningModule):
         keywords = getattr(make, "keywords", {})
         accepts = inspect.signature(make).parameters
         if "total_steps" in accepts and keywords.get("total_steps") is None:
-            steps = int(self.trainer.estimated_stepping_batches) if total_steps is None else max(1, total_steps)
+            steps = (
+                int(self.trainer.estimated_stepping_batches) if total_steps is None else max(1, total_steps)
+            )
             kwargs["total_steps"] = steps
         lr_scheduler = {k: v for k, v in scheduler.items() if k != "scheduler" and v is not None}
         lr_scheduler["scheduler"] = make(optimizer, **kwargs)
@@ -185,7 +187,9 @@ class GenerativeModule(L.LightningModule):
         if getattr(make, "func", make) not in FUSED or "fused" in keywords or "foreach" in keywords:
             return {}
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
-        return {"fused": True} if precision in ("32-true", "32") and self.device.type in ("cpu", "cuda") else {}
+        return (
+            {"fused": True} if precision in ("32-true", "32") and self.device.type in ("cpu", "cuda") else {}
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         return self.build_optimizer(self.optimizer_param_groups())

@@ -13,7 +13,9 @@ def warmed_decay(decay: float, updates: int) -> float:
 
 
 @torch.no_grad()
-def update_ema(ema: nn.Module, source: nn.Module, decay: float, updates: int, copy_buffers: bool = False) -> None:
+def update_ema(
+    ema: nn.Module, source: nn.Module, decay: float, updates: int, copy_buffers: bool = False
+) -> None:
     """Move ``ema``'s parameters towards ``source``'s by ``1 - warmed_decay(decay, updates)``.
 
     Parameters are matched by name (a pruned EMA layer holds ``weight_orig``); ``copy_buffers`` also copies

@@ -82,9 +82,13 @@ class GAN(GenerativeModule):
         number_at_least("model.grad_clip", grad_clip, 0, allow_none=True)
         if optimizer_d is not None and not callable(optimizer_d):
             raise ConfigError("model.optimizer_d", optimizer_d, "an optimizer config with _partial_: true")
-        positive_number("model.optimizer_d.lr", getattr(optimizer_d, "keywords", {}).get("lr"), allow_none=True)
+        positive_number(
+            "model.optimizer_d.lr", getattr(optimizer_d, "keywords", {}).get("lr"), allow_none=True
+        )
         image_shape = tuple(image_shape)  # type: ignore[assignment]
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "optimizer_d", "scheduler_d"], logger=False)
+        self.save_hyperparameters(
+            ignore=["optimizer", "scheduler", "optimizer_d", "scheduler_d"], logger=False
+        )
         self.automatic_optimization = False
 
         self.image_shape, self.latent_dim = image_shape, latent_dim
@@ -109,7 +113,9 @@ class GAN(GenerativeModule):
     def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         if self.loss == "hinge":
             return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-        real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, 1 - self.label_smoothing))
+        real = F.binary_cross_entropy_with_logits(
+            real_logits, torch.full_like(real_logits, 1 - self.label_smoothing)
+        )
         return real + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
     def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -137,7 +143,11 @@ class GAN(GenerativeModule):
         opt_d.step()
         self.d_updates += 1
         self._step_schedulers(opt_d.optimizer, "step", self.d_updates)
-        logs = {"train/d_loss": d_loss, "train/d_real": self.d_score(real_logits), "train/d_fake": self.d_score(fake_logits)}
+        logs = {
+            "train/d_loss": d_loss,
+            "train/d_real": self.d_score(real_logits),
+            "train/d_fake": self.d_score(fake_logits),
+        }
 
         # generator step every d_steps batches (D's grads from this step are discarded)
         if (batch_idx + 1) % self.d_steps == 0:
@@ -168,7 +178,9 @@ class GAN(GenerativeModule):
                 metrics = self.trainer.callback_metrics
                 monitor = self._monitors.get(id(config.scheduler), "val/loss")  # Lightning drops it
                 if monitor not in metrics:
-                    raise ConfigError("scheduler.monitor", monitor, f"a metric the GAN logs: {sorted(metrics)}")
+                    raise ConfigError(
+                        "scheduler.monitor", monitor, f"a metric the GAN logs: {sorted(metrics)}"
+                    )
                 config.scheduler.step(metrics[monitor])
             else:
                 config.scheduler.step()
@@ -210,7 +222,9 @@ class GAN(GenerativeModule):
         fake_logits = self.discriminator(self.generator(self.noise(n)))
         real_logits = self.discriminator(real)
         g_loss = self.g_loss(fake_logits)
-        d_loss = self.d_loss(real_logits, fake_logits)  # loss: G's (lower: G fools the current D more), not FID
+        d_loss = self.d_loss(
+            real_logits, fake_logits
+        )  # loss: G's (lower: G fools the current D more), not FID
         logs = {f"{stage}/loss": g_loss, f"{stage}/g_loss": g_loss, f"{stage}/d_loss": d_loss}
         logs |= {f"{stage}/d_real": self.d_score(real_logits), f"{stage}/d_fake": self.d_score(fake_logits)}
         self.log_dict(logs, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)

@@ -109,7 +109,11 @@ class GPT(GenerativeModule):
                 text,
                 f"only characters from the training text's vocabulary (not in it: {''.join(unknown)!r})",
             )
-        return self.chars.encode(text).to(self.device) if text else torch.zeros(0, dtype=torch.long, device=self.device)
+        return (
+            self.chars.encode(text).to(self.device)
+            if text
+            else torch.zeros(0, dtype=torch.long, device=self.device)
+        )
 
     def decode(self, ids: torch.Tensor | list[int]) -> str:
         assert self.chars is not None
@@ -237,7 +241,9 @@ class GPT(GenerativeModule):
         if self.trainer.default_root_dir:
             path = Path(self.trainer.default_root_dir) / "samples.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"step {self.global_step}\n\n" + "\n\n-----\n\n".join(texts) + "\n", encoding="utf-8")
+            path.write_text(
+                f"step {self.global_step}\n\n" + "\n\n-----\n\n".join(texts) + "\n", encoding="utf-8"
+            )
 
     # ----- GenerativeModule hooks ------------------------------------------------------------------------
     def deployable(self) -> nn.Module:
@@ -256,7 +262,9 @@ class GPT(GenerativeModule):
         with torch.no_grad():
             target = teacher.deployable()(x) / temperature
         if target.shape != student.shape:
-            raise ConfigError("compression.distill", tuple(target.shape), f"teacher logits of {tuple(student.shape)}")
+            raise ConfigError(
+                "compression.distill", tuple(target.shape), f"teacher logits of {tuple(student.shape)}"
+            )
         kl = F.kl_div(
             F.log_softmax(student, -1).flatten(0, 1),
             F.log_softmax(target, -1).flatten(0, 1),

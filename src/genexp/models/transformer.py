@@ -27,7 +27,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, _ = x.shape
-        width = self.proj.in_features  # n_head * head size: below n_embd once structured pruning removed heads
+        width = (
+            self.proj.in_features
+        )  # n_head * head size: below n_embd once structured pruning removed heads
         q, k, v = self.qkv(x).split(width, dim=2)
         q, k, v = (t.view(B, T, self.n_head, width // self.n_head).transpose(1, 2) for t in (q, k, v))
         y = F.scaled_dot_product_attention(

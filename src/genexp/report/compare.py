@@ -151,7 +151,9 @@ def compare_runs(
         "latency": {"repeats": settings.repeats, "rounds": settings.rounds, "interleaved": True},
     }
     write_json(out_dir / "report.json", summary)
-    (out_dir / "report.md").write_text(compare_markdown(rows, skipped, plot.name, curves.name if curves else None), encoding="utf-8")
+    (out_dir / "report.md").write_text(
+        compare_markdown(rows, skipped, plot.name, curves.name if curves else None), encoding="utf-8"
+    )
     return summary
 
 
@@ -182,7 +184,9 @@ def flag_slower(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         base = dense.get(row.get("backend", "torch"))
         row["dense_latency_ratio"] = row["latency_ms"] / base["latency_ms"] if base else None
-        compressed = base is not None and base is not row and not row.get("dense")  # dense rows: the same network
+        compressed = (
+            base is not None and base is not row and not row.get("dense")
+        )  # dense rows: the same network
         row["slower_than_dense"] = bool(compressed and row["latency_ms"] > base["latency_ms"])
 
 

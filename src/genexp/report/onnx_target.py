@@ -111,7 +111,9 @@ def onnx_size(loaded: Loaded) -> dict[str, float]:
     }
 
 
-def backend_latency(loaded: Loaded, batch_size: int, repeats: int, rounds: int, warmup: int) -> dict[str, Any]:
+def backend_latency(
+    loaded: Loaded, batch_size: int, repeats: int, rounds: int, warmup: int
+) -> dict[str, Any]:
     """The per-backend latency table of ``loaded`` (see ``deploy.onnx_package.latency_table``).
 
     A checkpoint or artifact is exported to a temporary fp32 graph first; an ONNX target is timed beside

@@ -124,6 +124,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logg
             text = str(cause)
             if isinstance(cause, ValueError) and text.startswith("Precision ") and "Allowed" in text:
                 allowed = text.split("Allowed precision values:", 1)[-1].strip()
-                raise ConfigError("trainer.precision", cfg.trainer.get("precision"), f"one of {allowed}") from None
+                raise ConfigError(
+                    "trainer.precision", cfg.trainer.get("precision"), f"one of {allowed}"
+                ) from None
             cause = cause.__cause__ or cause.__context__
         raise

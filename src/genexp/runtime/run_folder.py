@@ -105,7 +105,9 @@ def record_compression(
         if example is not None and repeats > 0:
             _place(report, path, cpu_latency_ms(module, example, repeats=repeats))
     if trainer.default_root_dir:
-        update_json(Path(trainer.default_root_dir) / COMPRESSION_FILE, {section: report} if section else report)
+        update_json(
+            Path(trainer.default_root_dir) / COMPRESSION_FILE, {section: report} if section else report
+        )
     values = {name: _find(report, path) for name, path in (scalars or {}).items()}
     values = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
     if values:

@@ -35,7 +35,15 @@ NOISY_WARNINGS = (
     r"The `srun` command is available on your system but is not used",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated",
 )
-LOGGERS = ("", "lightning", "lightning.pytorch", "lightning.fabric", "torch", "torchao", "torchao.kernel.intmm")
+LOGGERS = (
+    "",
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "torch",
+    "torchao",
+    "torchao.kernel.intmm",
+)
 
 
 def gpus_per_node(accelerator: Any, devices: Any) -> Any:
@@ -54,7 +62,9 @@ def config_dir() -> str:
     for candidate in (here.parents[1] / "conf", here / "conf"):
         if (candidate / "train.yaml").is_file():
             return str(candidate)
-    raise FileNotFoundError(f"genexp's configs are missing: neither {here.parents[1] / 'conf'} nor {here / 'conf'}")
+    raise FileNotFoundError(
+        f"genexp's configs are missing: neither {here.parents[1] / 'conf'} nor {here / 'conf'}"
+    )
 
 
 class _DropNoise(logging.Filter):
@@ -93,7 +103,9 @@ def tuning_summary(cfg: Any) -> str:
     return f"{applied} (sets {', '.join(_leaf_keys(tuned, skip={'tuning_applied'}))})"
 
 
-def _leaf_keys(node: dict[str, Any], prefix: str = "", skip: frozenset[str] | set[str] = frozenset()) -> list[str]:
+def _leaf_keys(
+    node: dict[str, Any], prefix: str = "", skip: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
     keys = []
     for key, value in node.items():
         if key in skip:

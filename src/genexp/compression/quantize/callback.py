@@ -191,7 +191,9 @@ class QuantizationCallback(Callback):
             return
         run_dir = Path(trainer.default_root_dir) if trainer.default_root_dir else None
         if self.backend == "onnxruntime":
-            self.report = record_compression(trainer, self.export_onnx(trainer, pl_module, run_dir), section="quantize")
+            self.report = record_compression(
+                trainer, self.export_onnx(trainer, pl_module, run_dir), section="quantize"
+            )
             return
         float_net, quantized, report = self.convert(pl_module, trainer.current_epoch)
         example = example_input_of(pl_module, self.latency_batch_size)
@@ -205,21 +207,32 @@ class QuantizationCallback(Callback):
                     run_dir / ARTIFACT_DIR, pl_module, quantized, report["recipe"], trainer
                 )
                 report["artifact"] = str(path.relative_to(run_dir))
-        self.report, self.quantized = record_compression(
-            trainer,
-            report,
-            section="quantize",
-            timings={("before", "latency_ms"): (float_net, example), ("after", "latency_ms"): (quantized, example)},
-            repeats=self.latency_repeats,
-            scalars={
-                f"compression/quantize/{key}_{stage}": (stage, key)
-                for key in ("bytes_dense", "latency_ms", "linear_weight_bytes")
-                for stage in ("before", "after")
-            }
-            | {f"compression/quantize/{key}": ("fidelity", key) for key in ("max_abs_error", "relative_rmse")},
-        ), quantized
+        self.report, self.quantized = (
+            record_compression(
+                trainer,
+                report,
+                section="quantize",
+                timings={
+                    ("before", "latency_ms"): (float_net, example),
+                    ("after", "latency_ms"): (quantized, example),
+                },
+                repeats=self.latency_repeats,
+                scalars={
+                    f"compression/quantize/{key}_{stage}": (stage, key)
+                    for key in ("bytes_dense", "latency_ms", "linear_weight_bytes")
+                    for stage in ("before", "after")
+                }
+                | {
+                    f"compression/quantize/{key}": ("fidelity", key)
+                    for key in ("max_abs_error", "relative_rmse")
+                },
+            ),
+            quantized,
+        )
 
-    def export_onnx(self, trainer: L.Trainer, pl_module: L.LightningModule, run_dir: Path | None) -> dict[str, Any]:
+    def export_onnx(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, run_dir: Path | None
+    ) -> dict[str, Any]:
         """``backend=onnxruntime``: model.onnx and model.int8.onnx (checked against fp32) into ``<run>/export``."""
         from genexp.deploy.onnx_export import export_folder
         from genexp.deploy.onnx_package import write_package
@@ -237,8 +250,16 @@ class QuantizationCallback(Callback):
             timing={"repeats": self.latency_repeats},
         )
         log.info("ONNX Runtime int8 export: %s", folder)
-        graphs = {name: {k: g[k] for k in ("bytes", "precision", "params")} for name, g in info["graphs"].items()}
-        return {"backend": "onnxruntime", "mode": "ptq", "export": folder.name, "graphs": graphs, "latency": info.get("latency")}
+        graphs = {
+            name: {k: g[k] for k in ("bytes", "precision", "params")} for name, g in info["graphs"].items()
+        }
+        return {
+            "backend": "onnxruntime",
+            "mode": "ptq",
+            "export": folder.name,
+            "graphs": graphs,
+            "latency": info.get("latency"),
+        }
 
     # ----- the conversion ------------------------------------------------------------------------
     def convert(self, pl_module: nn.Module, epoch: int = -1) -> tuple[nn.Module, nn.Module, dict[str, Any]]:
