@@ -382,30 +382,3 @@ def test_a_run_folder_without_checkpoints_is_refused(runs: dict[str, Path], tmp_
         export(compose_cfg("export", [f"target={broken}"], tmp_path / "x"))
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"genexp: error: target={broken}: no checkpoint in") and _snapshot(broken) == before
-
-
-def test_quantize_backend_onnxruntime_exports_the_int8_graph_at_fit_end(tmp_path: Path) -> None:
-    from genexp.train import train
-
-    run = tmp_path / "run"
-    overrides = [
-        *FAST,
-        *RUNS["vae"],
-        "model.sample_every_n_epochs=0",
-        "logger=csv",
-        "test=false",
-        "compression=[quantize]",
-        "compression.quantize.backend=onnxruntime",
-        "compression.quantize.latency_repeats=2",
-    ]
-    train(compose_cfg("train", overrides, run))
-    report = json.loads((run / "compression.json").read_text())["quantize"]
-    assert report["backend"] == "onnxruntime" and report["export"] == "export"
-    assert (run / "export" / "model.int8.onnx").is_file() and not (run / "quantized").exists()
-    info = json.loads((run / "export" / "model.json").read_text())
-    assert info["graphs"]["model.int8.onnx"]["quantization"]["method"] == "static QDQ"
-    assert {r["backend"] for r in info["latency"]["rows"]} == {
-        "torch fp32 eager",
-        "onnxruntime fp32",
-        "onnxruntime int8",
-    }
