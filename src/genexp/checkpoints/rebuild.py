@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from genexp.checkpoints.aliases import renamed
+from genexp.checkpoints.torch_file import load_torch_file
 from genexp.deploy.artifact import ARTIFACT_DIR, artifact_file, install_artifact, is_artifact, read_artifact
 from genexp.models.base import CONFIG_KEY, GenerativeModule
 from genexp.runtime.build import build_datamodule, build_model, instantiate
@@ -77,14 +77,7 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         raise CheckpointError(
             f"{key}={path}: no such checkpoint file (expected a .ckpt written by genexp-train)"
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types on damaged files (IndexError on a truncated one)
-        first = first_line(err)
-        first = first if len(first) <= 120 else first[:117] + "..."  # torch's messages run to paragraphs
-        raise CheckpointError(
-            f"{key}={path}: not a readable checkpoint (corrupt or truncated?): {first}"
-        ) from err
+    checkpoint = load_torch_file(path, key, "checkpoint (corrupt or truncated?)")
     if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(
             f"{key}={path}: not a genexp checkpoint (no saved run config); "

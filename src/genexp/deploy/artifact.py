@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from genexp.checkpoints.resize import STRUCTURE_KEY, conform
+from genexp.checkpoints.torch_file import load_torch_file
 from genexp.deploy.layers import restructure
 from genexp.deploy.sparse_format import deployable_state_dict, load_sparse_state_dict, sparse_state_dict
 from genexp.runtime.errors import CheckpointError, ConfigError, first_line
@@ -114,16 +115,13 @@ def read_artifact(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         raise CheckpointError(
             f"{key}={path}: no {ARTIFACT_FILE} (expected a quantized/ folder written by compression=[quantize])"
         )
-    try:
-        artifact = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  (any unpickling failure means the same to the user)
-        raise CheckpointError(f"{key}={file}: not a readable deployable artifact: {first_line(err)}") from err
+    artifact = load_torch_file(file, key, "deployable artifact")
     if not isinstance(artifact, dict) or artifact.get("format") not in READABLE_FORMATS:
         raise CheckpointError(f"{key}={file}: not a genexp deployable artifact (format {FORMAT})")
     context = file.parent / CONTEXT_FILE
     artifact["where"] = f"{key}={file}"  # for error messages
     artifact["context_state_dict"] = (
-        torch.load(context, map_location="cpu", weights_only=True) if context.is_file() else {}
+        load_torch_file(context, key, "artifact context") if context.is_file() else {}
     )
     return artifact
 

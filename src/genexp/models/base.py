@@ -120,6 +120,16 @@ class GenerativeModule(L.LightningModule):
                 f"a teacher trained on images of this run's shape {ours} (same data.name and data.image_size)",
             )
 
+    def check_teacher_setting(self, teacher: GenerativeModule, key: str, name: str, why: str = "") -> None:
+        """The teacher's ``name`` (a constructor setting, e.g. ``latent_dim``) is this run's ``model.<name>``."""
+        theirs, ours = getattr(teacher, name, None), getattr(self, name, None)
+        if theirs != ours:
+            raise ConfigError(
+                key,
+                f"a {type(teacher).__name__} with {name} {theirs}",
+                f"a teacher with this run's model.{name}={ours}{why}",
+            )
+
     def start_distillation(self, teacher: GenerativeModule) -> bool:
         """Called once when a fresh (not resumed) distillation fit starts; returns True when this model
         took weights from ``teacher`` (diffusion: the student starts as its teacher). Default: nothing."""

@@ -295,12 +295,7 @@ class GAN(GenerativeModule):
         super().check_teacher(teacher, key)
         assert isinstance(teacher, GAN)
         self.check_teacher_image_shape(teacher, key)
-        if teacher.latent_dim != self.latent_dim:
-            raise ConfigError(
-                key,
-                f"a GAN with latent_dim {teacher.latent_dim}",
-                f"a teacher with this run's model.latent_dim={self.latent_dim} (student and teacher share z)",
-            )
+        self.check_teacher_setting(teacher, key, "latent_dim", " (student and teacher share z)")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)

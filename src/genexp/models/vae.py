@@ -15,7 +15,6 @@ from torch import nn
 from genexp.checks.values import number_at_least, one_of, positive_int
 from genexp.models.base import GenerativeModule
 from genexp.models.vae_net import VAENet
-from genexp.runtime.errors import ConfigError
 
 LIKELIHOODS = ("bernoulli", "gaussian")
 
@@ -158,9 +157,4 @@ class VAE(GenerativeModule):
         super().check_teacher(teacher, key)
         assert isinstance(teacher, VAE)
         self.check_teacher_image_shape(teacher, key)
-        if teacher.likelihood != self.likelihood:
-            raise ConfigError(
-                key,
-                f"a VAE with likelihood {teacher.likelihood}",
-                f"a teacher with this run's model.likelihood={self.likelihood}",
-            )
+        self.check_teacher_setting(teacher, key, "likelihood")
