@@ -7,6 +7,7 @@
 - ``compare.compare_runs``: every run of a sweep in one table, the dense baseline, ratios against it;
 - ``pareto``: the quality-vs-bytes and quality-vs-latency plot with its frontier;
 - ``hparams``: one TensorBoard HPARAMS entry per run;
-- ``tables``: the Markdown and rich renderings;
-- ``sweep_callback.CompareSweep``: a Hydra callback that compares a multirun when it ends.
+- ``tables``: the Markdown and rich renderings.
+
+The Hydra callback that compares a multirun when it ends is ``genexp.callbacks.sweep_comparison.CompareSweep``.
 """
