@@ -36,7 +36,7 @@ import torch
 from omegaconf import OmegaConf
 
 from _harness import add_trial_options, genexp_train, latency_header, spread, trial_processes
-from genexp.checkpoints.rebuild import find_checkpoint, load_any
+from genexp.checkpoints.rebuild import load_any
 from genexp.deploy import latency
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session, session_call
@@ -45,6 +45,7 @@ from genexp.exporters.registry import graphs_of, install_graphs
 from genexp.models.gpt import GPT
 from genexp.report.family import family_of
 from genexp.report.measure_run import test_quality
+from genexp.runtime.run_folder import find_checkpoint
 
 RECIPES = {
     "gpt": ["experiment=gpt_shakespeare_cpu"],

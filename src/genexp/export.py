@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from genexp.checkpoints.rebuild import Loaded, find_checkpoint, is_run_folder, load_any, trust
+from genexp.checkpoints.rebuild import Loaded, load_any, trust
 from genexp.checks.run import check_trainer
 from genexp.checks.values import boolean
 from genexp.deploy.onnx_export import check_opset, export_folder
@@ -32,6 +32,7 @@ from genexp.report.measure_run import test_quality
 from genexp.report.onnx_target import is_onnx
 from genexp.runtime.build import build_callbacks
 from genexp.runtime.errors import ConfigError, report_errors
+from genexp.runtime.run_folder import find_checkpoint, is_run_folder
 from genexp.train import CONFIG_DIR
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,7 @@ anything is built. Files load with ``weights_only=True``.
 
 What a path is, is decided by what it holds (``load_any``):
 
-- a folder is a **run folder** (``genexp-train`` wrote ``.hydra/config.yaml`` there): its quantized artifact
+- a folder is a **run folder** (``genexp.runtime.run_folder.is_run_folder``): its quantized artifact
   when it has one, else ``checkpoints/last.ckpt`` (the model as the run ended), else its newest checkpoint;
 - a ``.ckpt`` file is a **checkpoint** (its genexp run config inside);
 - a ``quantized/`` folder or its ``deployable.pt`` is an **artifact** (``genexp.deploy.artifact``).
@@ -31,14 +31,13 @@ from genexp.deploy.artifact import ARTIFACT_DIR, artifact_file, install_artifact
 from genexp.models.base import CONFIG_KEY, GenerativeModule
 from genexp.runtime.build import build_datamodule, build_model, instantiate
 from genexp.runtime.errors import CheckpointError, ConfigError, GenexpError, first_line
-from genexp.runtime.run_folder import LAST_CHECKPOINT
+from genexp.runtime.run_folder import find_checkpoint, is_run_folder, run_folder_of
 
 # A config from disk is data: only these callables may be instantiated from it (plus what the user trusts).
 TRUSTED_TARGETS = ("genexp.", "torch.optim.", "lightning.pytorch.")
 TRUST_ENV = "GENEXP_TRUST"  # comma-separated extra prefixes, e.g. GENEXP_TRUST=mypkg.,otherpkg.models.
 _trusted_by_config: tuple[str, ...] = ()
 REBUILT_GROUPS = ("data", "model", "optimizer", "scheduler")
-CHECKPOINT_SUFFIX = ".ckpt"
 
 
 # ----- reading and trusting ------------------------------------------------------------------------
@@ -246,44 +245,6 @@ def load_deployable(path: str | Path) -> nn.Module:
         model_cfg["compile"] = False
     model = instantiate(OmegaConf.create(model_cfg), "model", **artifact["model_kwargs"])
     return install_artifact(model, {**artifact, "context_state_dict": {}})
-
-
-# ----- what a path is --------------------------------------------------------------------------------
-def is_run_folder(path: Path) -> bool:
-    """True for a ``genexp-train`` run folder (its ``.hydra/config.yaml`` composes a model)."""
-    config = path / ".hydra" / "config.yaml"
-    if not config.is_file():
-        return False
-    try:
-        return "model" in (OmegaConf.load(config) or {})
-    except Exception:
-        return True  # a run folder whose config is damaged: reported when it is loaded
-
-
-def run_folder_of(path: Path) -> Path | None:
-    """The run folder holding ``path`` (itself, or a parent up to two levels up), if any."""
-    for candidate in (path, *list(path.parents)[:3]):
-        if candidate.is_dir() and is_run_folder(candidate):
-            return candidate
-    return None
-
-
-def find_checkpoint(run_dir: Path, key: str) -> Path:
-    """``checkpoints/last.ckpt``, else the newest checkpoint of the run folder."""
-    last = run_dir / LAST_CHECKPOINT
-    folder = last.parent
-    if last.is_file():
-        return last
-    found = (
-        sorted(folder.glob(f"*{CHECKPOINT_SUFFIX}"), key=lambda p: p.stat().st_mtime)
-        if folder.is_dir()
-        else []
-    )
-    if not found:
-        raise CheckpointError(
-            f"{key}={run_dir}: no checkpoint in {folder} (the run may have failed before its first epoch ended)"
-        )
-    return found[-1]
 
 
 def load_any(path: str | Path, key: str = "target", data: dict[str, Any] | None = None) -> Loaded:

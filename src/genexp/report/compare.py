@@ -22,7 +22,7 @@ from typing import Any
 from lightning.pytorch import Callback
 from omegaconf import DictConfig
 
-from genexp.checkpoints.rebuild import Loaded, is_run_folder
+from genexp.checkpoints.rebuild import Loaded
 from genexp.deploy.artifact import is_artifact
 from genexp.deploy.latency import interleaved_latency
 from genexp.report.family import family_of
@@ -33,7 +33,7 @@ from genexp.report.pareto import pareto_plot
 from genexp.report.tables import compare_markdown
 from genexp.report.training import curves_plot
 from genexp.runtime.errors import GenexpError, first_line
-from genexp.runtime.run_folder import write_json
+from genexp.runtime.run_folder import is_run_folder, write_json
 
 log = logging.getLogger(__name__)
 
