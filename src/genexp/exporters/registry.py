@@ -80,7 +80,8 @@ class Exporter:
                 f"target: {type(model).__name__}.deployable() is the model itself or not one of its submodules; "
                 "the default export installs ONNX Runtime in place of a submodule (register an Exporter)"
             )
-        set_submodule(model, name, OrtModule(sessions["model"]))
+        session = sessions["model"]
+        set_submodule(model, name, OrtModule(session, outputs=tuple(range(len(session.get_outputs())))))
 
     def text(self, model: GenerativeModule) -> tuple[Any, int] | None:
         """``(prompt ids, block_size)`` for the generation throughput of a text model, else None."""
