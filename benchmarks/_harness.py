@@ -46,7 +46,9 @@ def genexp_train(
     if log is not None or quiet:
         target = log or Path(os.devnull)
         with target.open("w") as out:
-            done = subprocess.run(command, cwd=where, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT)
+            done = subprocess.run(
+                command, cwd=where, env={**os.environ, **(env or {})}, stdout=out, stderr=subprocess.STDOUT
+            )
     else:
         done = subprocess.run(command, cwd=where, env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - start
@@ -59,7 +61,11 @@ def genexp_train(
 def spread(values: list[float]) -> str:
     """``median`` of several processes' figures, or ``median (lowest-highest)`` when they differ."""
     mid = statistics.median(values)
-    return f"{mid:.2f}" if max(values) - min(values) < 1e-9 else f"{mid:.2f} ({min(values):.2f}-{max(values):.2f})"
+    return (
+        f"{mid:.2f}"
+        if max(values) - min(values) < 1e-9
+        else f"{mid:.2f} ({min(values):.2f}-{max(values):.2f})"
+    )
 
 
 def add_trial_options(parser: argparse.ArgumentParser) -> None:
@@ -78,8 +84,10 @@ def latency_header() -> str:
 
     from genexp.deploy import latency
 
-    return (f"CPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, "
-            f"OMP_WAIT_POLICY {latency.omp_wait_policy()}")
+    return (
+        f"CPU: {latency.cpu_name()} ({', '.join(latency.cpu_flags())}), {torch.get_num_threads()} threads, "
+        f"OMP_WAIT_POLICY {latency.omp_wait_policy()}"
+    )
 
 
 def trial_processes(script: str, args: Sequence[str], count: int, folder: Path) -> list[dict[str, Any]]:
@@ -90,7 +98,9 @@ def trial_processes(script: str, args: Sequence[str], count: int, folder: Path) 
     for k in range(count):
         path = folder / f"trial{k}.json"
         print(f"trial {k + 1}/{count}: a fresh process", flush=True)
-        subprocess.run([sys.executable, script, *args, "--trial-json", str(path)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, script, *args, "--trial-json", str(path)], check=True, stdout=subprocess.DEVNULL
+        )
         results.append(json.loads(path.read_text()))
     return results
 
@@ -105,29 +115,30 @@ def run_seconds(run_dir: Path) -> float:
     return (run_dir / "metrics.json").stat().st_mtime - (run_dir / ".hydra" / "config.yaml").stat().st_mtime
 
 
-def print_table(title: str, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    """A rich table: one header row, then ``rows`` (numbers already formatted as strings)."""
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title)
-    for i, column in enumerate(columns):
-        table.add_column(column, justify="left" if i == 0 else "right")
-    for row in rows:
-        table.add_row(*[str(v) for v in row])
-    Console(width=200).print(table)
-
-
 def cpu_name() -> str:
-    """The CPU model and its int8/bf16 flags, to print next to every figure."""
-    model, flags = "unknown CPU", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name") and model == "unknown CPU":
-                model = line.split(":", 1)[1].strip()
-            elif line.startswith("flags") and not flags:
-                flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    shown = [f for f in ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
-    return f"{model} ({os.cpu_count()} cores; {' '.join(shown) or 'no AVX2'})"
+    """The CPU model, its core count and its int8/bf16 flags (``genexp.deploy.latency``'s), beside every figure."""
+    from genexp.deploy import latency
+
+    return f"{latency.cpu_name()} ({os.cpu_count()} cores; {' '.join(latency.cpu_flags()) or 'no AVX2'})"
+
+
+def best_checkpoint(target: Path) -> Path:
+    """The checkpoint ``genexp-train`` tested (its best, ``epochNNN.ckpt``; else ``last.ckpt``) of a run folder,
+    or ``target`` itself when it is a ``.ckpt``."""
+    from genexp.runtime.run_folder import LAST_CHECKPOINT
+
+    if target.suffix == ".ckpt":
+        return target
+    best = sorted((target / LAST_CHECKPOINT.parent).glob("epoch*.ckpt"))
+    return best[-1] if best else target / LAST_CHECKPOINT
+
+
+def load_best(target: Path) -> tuple[Any, Any, Any]:
+    """The model of a run's best checkpoint (eval mode), its set-up data module and its config."""
+    from omegaconf import OmegaConf
+
+    from genexp.checkpoints.rebuild import load_model
+
+    loaded = load_model(best_checkpoint(target))
+    loaded.datamodule.setup()
+    return loaded.model.eval(), loaded.datamodule, OmegaConf.create(loaded.config)

@@ -36,8 +36,8 @@ from genexp.deploy import latency
 from genexp.deploy.onnx_export import Graph, export_graph
 from genexp.deploy.onnx_quantize import int8_scheme
 from genexp.deploy.onnx_runtime import open_session, session_call
-from genexp.models.gan import Generator
-from genexp.models.vae import VAENet
+from genexp.models.dcgan import Generator
+from genexp.models.vae_net import VAENet
 
 SCHEME = int8_scheme()  # 7-bit weights on x86 without VNNI, where 8-bit ones saturate ORT's int16 pair sums
 VARIANTS = ("torch eager", "ORT kernel", "ORT sub-pixel", "ORT im2col MatMul", "ORT im2col int8")
@@ -148,7 +148,9 @@ def one_process(batch: int, repeats: int, rounds: int, folder: Path) -> dict[str
                 calls[(name, variant)], _ = checked_call(name, variant, path, feed, want, 1e-4)
                 if variant == VARIANTS[3]:
                     int8 = path.with_suffix(".int8.onnx")
-                    quantize_dynamic(str(path), str(int8), weight_type=QuantType.QInt8, reduce_range=SCHEME["reduce_range"])
+                    quantize_dynamic(
+                        str(path), str(int8), weight_type=QuantType.QInt8, reduce_range=SCHEME["reduce_range"]
+                    )
                     calls[(name, VARIANTS[4])], error = checked_call(
                         name, VARIANTS[4], int8, feed, want, None
                     )

@@ -36,15 +36,16 @@ import torch
 from omegaconf import OmegaConf
 
 from _harness import add_trial_options, genexp_train, latency_header, spread, trial_processes
+from genexp.checkpoints.rebuild import load_any
 from genexp.deploy import latency
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session, session_call
+from genexp.exporters.registry import family_of as export_family
+from genexp.exporters.registry import graphs_of, install_graphs
 from genexp.models.gpt import GPT
-from genexp.onnx_families import family_of as export_family
-from genexp.onnx_families import graphs_of, install_graphs
-from genexp.rebuild import find_checkpoint, load_any
 from genexp.report.family import family_of
 from genexp.report.measure_run import test_quality
+from genexp.runtime.run_folder import find_checkpoint
 
 RECIPES = {
     "gpt": ["experiment=gpt_shakespeare_cpu"],
@@ -59,9 +60,15 @@ PRUNE = [
     "compression.prune.end_epoch=8",
     "compression.prune.latency_repeats=0",
 ]
-QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=2",
-         "compression.prune.start_epoch=0", "compression.prune.end_epoch=0", "callbacks.sample_quality=null",
-         "callbacks.model_checkpoint.monitor=val/loss"]  # the GAN's val/fid comes from sample_quality
+QUICK = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=2",
+    "compression.prune.start_epoch=0",
+    "compression.prune.end_epoch=0",
+    "callbacks.sample_quality=null",
+    "callbacks.model_checkpoint.monitor=val/loss",
+]  # the GAN's val/fid comes from sample_quality
 BATCH = {"gpt": 16, "gan": 64, "vae": 64}
 # The GPT's heads own 16k weights each and its MLP units 256: one global ranking prunes MLP units only, so each
 # block loses half of its heads and half of its MLP units (``scope=layer``); conv channels rank globally.
@@ -85,12 +92,14 @@ def train(family: str, overrides: list[str], quick: bool, root: Path) -> list[Pa
 def callbacks_for(family: str, data_dir: Path) -> list[Any]:
     if family != "gan":
         return []
-    from genexp.metrics.callback import SampleQuality
+    from genexp.callbacks.sample_quality import SampleQuality
 
     return [SampleQuality(cache_dir=str(data_dir), seed=12345)]
 
 
-def measure_run(run: Path, out: Path, quality: bool, data_dir: Path, tolerance: float = 0.1) -> dict[str, Any]:
+def measure_run(
+    run: Path, out: Path, quality: bool, data_dir: Path, tolerance: float = 0.1
+) -> dict[str, Any]:
     """Export one run (fp32 + int8) and build its variants: label -> (main graph call maker, quality)."""
     loaded = load_any(find_checkpoint(run, "--run"), key="--run")
     family = family_of(loaded.config)
@@ -103,11 +112,22 @@ def measure_run(run: Path, out: Path, quality: bool, data_dir: Path, tolerance: 
         batch_size=BATCH[family.name],
         timing={"repeats": 0},
     )
-    trainer = {"_target_": "lightning.Trainer", "accelerator": "cpu", "logger": False, "enable_progress_bar": False,
-               "enable_model_summary": False}
+    trainer = {
+        "_target_": "lightning.Trainer",
+        "accelerator": "cpu",
+        "logger": False,
+        "enable_progress_bar": False,
+        "enable_model_summary": False,
+    }
     variants: dict[str, Any] = {}
-    for variant, suffix in (("torch fp32 eager", None), ("onnxruntime fp32", ".onnx"), ("onnxruntime int8", ".int8.onnx")):
-        if suffix == ".int8.onnx" and "int8" not in info["variants"]:  # missed its tolerance: a row that says so
+    for variant, suffix in (
+        ("torch fp32 eager", None),
+        ("onnxruntime fp32", ".onnx"),
+        ("onnxruntime int8", ".int8.onnx"),
+    ):
+        if (
+            suffix == ".int8.onnx" and "int8" not in info["variants"]
+        ):  # missed its tolerance: a row that says so
             variants[variant] = {"suffix": suffix, "missed": info["int8"]["missed"]}
             continue
         if suffix is None:
@@ -117,11 +137,23 @@ def measure_run(run: Path, out: Path, quality: bool, data_dir: Path, tolerance: 
             model = install_graphs(copy.deepcopy(loaded.model), sessions)
         metric = float("nan")
         if quality:
-            metrics = test_quality(replace(loaded, model=model), OmegaConf.create(trainer), callbacks_for(family.name, data_dir), verbose=False)
+            metrics = test_quality(
+                replace(loaded, model=model),
+                OmegaConf.create(trainer),
+                callbacks_for(family.name, data_dir),
+                verbose=False,
+            )
             metric = metrics.get(family.primary, float("nan"))
         variants[variant] = {"suffix": suffix, "quality": metric}
     params = sum(p.numel() for p in loaded.model.deployable().parameters())
-    return {"run": run, "loaded": loaded, "family": family, "folder": folder, "variants": variants, "params": params}
+    return {
+        "run": run,
+        "loaded": loaded,
+        "family": family,
+        "folder": folder,
+        "variants": variants,
+        "params": params,
+    }
 
 
 def timed_variants(item: dict[str, Any]) -> dict[str, Any]:
@@ -148,6 +180,7 @@ def generation(item: dict[str, Any]) -> dict[str, float]:
     out = {}
     for variant, spec in timed_variants(item).items():
         if spec["suffix"] is None:
+
             def step(ids: Any, net: Any = main.module) -> Any:
                 with torch.inference_mode():
                     return net(torch.from_numpy(ids))[:, -1].numpy()
@@ -156,6 +189,7 @@ def generation(item: dict[str, Any]) -> dict[str, float]:
 
             def step(ids: Any, s: Any = session) -> Any:
                 return s.run(None, {"tokens": ids})[0][:, -1]
+
         out[variant] = latency.tokens_per_s(step, prompt, 256, model.block_size)
     return out
 
@@ -180,12 +214,16 @@ def time_items(items: list[dict[str, Any]], repeats: int, rounds: int) -> dict[s
 
 def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args: argparse.Namespace) -> None:
     policy = latency.omp_wait_policy()
-    print(f"\n{latency_header()}; {len(trials)} process(es), each the median of {args.repeats} calls in {args.rounds} "
-          "interleaved rounds; ms: median over processes; x = dense torch fp32 eager / this, median (min-max) "
-          "over processes\n")
+    print(
+        f"\n{latency_header()}; {len(trials)} process(es), each the median of {args.repeats} calls in {args.rounds} "
+        "interleaved rounds; ms: median over processes; x = dense torch fp32 eager / this, median (min-max) "
+        "over processes\n"
+    )
     if policy.upper() == "PASSIVE":
-        print("warning: OMP_WAIT_POLICY=PASSIVE puts torch's OpenMP threads to sleep after every op: torch eager "
-              "is 20-90% slower with it, ONNX Runtime (its own threads) is not, so the ratios flatter ONNX Runtime\n")
+        print(
+            "warning: OMP_WAIT_POLICY=PASSIVE puts torch's OpenMP threads to sleep after every op: torch eager "
+            "is 20-90% slower with it, ONNX Runtime (its own threads) is not, so the ratios flatter ONNX Runtime\n"
+        )
     print("| family | run | backend | params | quality | batch B, ms | x | batch 1, ms | x | tokens/s | x |")
     print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     dense_of: dict[str, str] = {}
@@ -197,49 +235,86 @@ def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args:
         for variant, spec in item["variants"].items():
             if "missed" in spec:
                 missed = spec["missed"]
-                print(f"| {fam} | {run} | {variant} | {item['params']:,} | not written: relative error "
-                      f"{missed['relative_error']:.3f} > tolerance {missed['tolerance']} | – | – | – | – | – | – |")
+                print(
+                    f"| {fam} | {run} | {variant} | {item['params']:,} | not written: relative error "
+                    f"{missed['relative_error']:.3f} > tolerance {missed['tolerance']} | – | – | – | – | – | – |"
+                )
                 continue
             cells = []
             for batch in (big, "1"):
                 ms = [t["ms"][run][variant][batch] for t in trials]
-                ratios = [t["ms"][base]["torch fp32 eager"][batch] / t["ms"][run][variant][batch] for t in trials]
+                ratios = [
+                    t["ms"][base]["torch fp32 eager"][batch] / t["ms"][run][variant][batch] for t in trials
+                ]
                 cells += [f"{statistics.median(ms):.3f}", spread(ratios)]
             if fam == "gpt":
                 tok = [t["tokens_per_s"][run][variant] for t in trials]
-                ratios = [t["tokens_per_s"][run][variant] / t["tokens_per_s"][base]["torch fp32 eager"] for t in trials]
+                ratios = [
+                    t["tokens_per_s"][run][variant] / t["tokens_per_s"][base]["torch fp32 eager"]
+                    for t in trials
+                ]
                 cells += [f"{statistics.median(tok):,.0f}", spread(ratios)]
             else:
                 cells += ["–", "–"]
-            print(f"| {fam} | {run} | {variant} | {item['params']:,} | {spec['quality']:.5g} | " + " | ".join(cells) + " |")
+            print(
+                f"| {fam} | {run} | {variant} | {item['params']:,} | {spec['quality']:.5g} | "
+                + " | ".join(cells)
+                + " |"
+            )
     print(f"\n(batch B: GPT {BATCH['gpt']} windows of the context length, GAN/VAE 64)")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", action="append", default=[], help="an existing run folder (dense first)")
-    parser.add_argument("--train", action="append", default=[], choices=sorted(RECIPES), help="train dense + 50%% structured")
-    parser.add_argument("--override", action="append", default=[], help="genexp-train override for --train (every family)")
+    parser.add_argument(
+        "--train", action="append", default=[], choices=sorted(RECIPES), help="train dense + 50%% structured"
+    )
+    parser.add_argument(
+        "--override", action="append", default=[], help="genexp-train override for --train (every family)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny training: checks that the script runs")
     add_trial_options(parser)
     parser.add_argument("--no-quality", action="store_true", help="skip the quality of each variant")
-    parser.add_argument("--tolerance", type=float, default=0.1, help="int8: largest relative error against fp32")
-    parser.add_argument("--out", default=None, help="where trained runs and exports go (default: a temporary folder)")
+    parser.add_argument(
+        "--tolerance", type=float, default=0.1, help="int8: largest relative error against fp32"
+    )
+    parser.add_argument(
+        "--out", default=None, help="where trained runs and exports go (default: a temporary folder)"
+    )
     args = parser.parse_args()
     # a trial process exports next to its JSON file (trial0/, trial1/, ...)
-    root = Path(args.trial_json).with_suffix("") if args.trial_json else Path(args.out or tempfile.mkdtemp(prefix="deploy_speed-"))
+    root = (
+        Path(args.trial_json).with_suffix("")
+        if args.trial_json
+        else Path(args.out or tempfile.mkdtemp(prefix="deploy_speed-"))
+    )
     runs = [Path(r) for r in args.run]
     for family in args.train:
         runs += train(family, args.override, args.quick, root / "runs")
     if not runs:
         parser.error("give --run DIR or --train FAMILY")
-    items = [measure_run(run, root / "exports", not args.no_quality, Path("data"), args.tolerance) for run in runs]
+    items = [
+        measure_run(run, root / "exports", not args.no_quality, Path("data"), args.tolerance) for run in runs
+    ]
     if args.trial_json:
         Path(args.trial_json).write_text(json.dumps(time_items(items, args.repeats, args.rounds)))
         return
     if args.trials > 1:
-        trial_args = ["--no-quality", "--tolerance", str(args.tolerance), "--trials", "1", "--repeats", str(args.repeats), "--rounds", str(args.rounds),
-                      *[arg for run in runs for arg in ("--run", str(run))]]
+        trial_args = [
+            "--no-quality",
+            "--tolerance",
+            str(args.tolerance),
+            "--trials",
+            "1",
+            "--repeats",
+            str(args.repeats),
+            "--rounds",
+            str(args.rounds),
+            *[arg for run in runs for arg in ("--run", str(run))],
+        ]
         trials = trial_processes(__file__, trial_args, args.trials, root)
     else:
         trials = [time_items(items, args.repeats, args.rounds)]

@@ -24,13 +24,11 @@ import tempfile
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from _harness import cpu_name, genexp_train
+from _harness import best_checkpoint, cpu_name, genexp_train, load_best
 from genexp.metrics.features import DomainFeatures, load_or_train_classifier
 from genexp.metrics.scores import QualityScorer
-from genexp.rebuild import load_model
-from genexp.visual import image_grid, save_png
+from genexp.models.image_grid import image_grid, save_png
 
 TIME_BUDGET_S, FID_BUDGET, MIN_CLASSES = 8 * 60, 0.05, 9  # experiment=diffusion_digits, on 2 cores
 FID_FACTOR, SPEEDUP = 1.5, 3.5  # the 1/4-step student vs the teacher at its full steps
@@ -45,21 +43,6 @@ def train_run(name: str, scratch: Path, overrides: list[str]) -> tuple[Path, flo
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return scratch / name, wall, cpu
-
-
-def best_checkpoint(target: Path) -> Path:
-    """A run folder's best checkpoint (else last.ckpt), or the .ckpt itself."""
-    if target.suffix == ".ckpt":
-        return target
-    best = sorted(p for p in (target / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
-    return best[-1] if best else target / "checkpoints" / "last.ckpt"
-
-
-def load_run(target: Path):
-    """The model of a run's best checkpoint (eval mode), its (set up) data module and its config."""
-    loaded = load_model(best_checkpoint(target))
-    loaded.datamodule.setup()
-    return loaded.model.eval(), loaded.datamodule, OmegaConf.create(loaded.config)
 
 
 def save_grid(path: Path, teacher, student, n: int = 36) -> None:
@@ -103,8 +86,8 @@ def main() -> None:
         student_run, *timing["student"] = train_run("student", scratch, [*distill, *args.overrides])
         print(f"trained the student: {student_run} ({timing['student'][0]:.0f} s wall)")
 
-    teacher, datamodule, cfg = load_run(teacher_run)
-    student, _, _ = load_run(student_run)
+    teacher, datamodule, cfg = load_best(teacher_run)
+    student, _, _ = load_best(student_run)
     classifier = load_or_train_classifier(
         Path(cfg.paths.data_dir), datamodule.name, datamodule.resize, datamodule.seed,
         datamodule.train_set.tensors, datamodule.test_set.tensors,

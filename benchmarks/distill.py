@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from _harness import SHAKESPEARE, genexp_train
+from _harness import SHAKESPEARE, best_checkpoint, genexp_train
 from genexp.compression.distill import load_teacher
 
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_model_summary=false"]
@@ -109,12 +109,6 @@ def train(out: Path, overrides: list[str], seed: int) -> tuple[dict[str, float],
         genexp_train(command, out, env=env, log=out.parent / f"{out.name}.log")
     seconds = time.perf_counter() - start
     return json.loads(metrics.read_text()), "reused" if seconds < 1 else f"{seconds:.0f} s"
-
-
-def best_checkpoint(run: Path) -> Path:
-    """The checkpoint ``genexp-train`` tested (best by the run's monitor, epochNNN.ckpt), else last.ckpt."""
-    best = sorted((run / "checkpoints").glob("epoch*.ckpt"))
-    return best[-1] if best else run / "checkpoints" / "last.ckpt"
 
 
 def deployable_params(checkpoint: Path) -> int:

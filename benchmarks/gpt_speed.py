@@ -39,14 +39,14 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.tensorboard import SummaryWriter
 
 from _harness import CONF, REPO, SHAKESPEARE
-from genexp.build import (  # noqa: E402
+from genexp.models.gpt import GPT  # noqa: E402
+from genexp.runtime.build import (  # noqa: E402
     build_callbacks,
     build_datamodule,
     build_loggers,
     build_model,
     build_trainer,
 )
-from genexp.models.gpt import GPT  # noqa: E402
 
 DEFAULT_DATA = SHAKESPEARE
 
@@ -156,8 +156,16 @@ def end_to_end(args: argparse.Namespace) -> None:
             for name in names if i % 2 == 0 else names[::-1]:
                 out = Path(tmp) / f"{name.replace(' ', '_')}{i}"
                 if name.startswith("plain"):
-                    command = [sys.executable, str(REPO / "benchmarks" / "plain_gpt.py"), f"--data={args.data}"]
-                    command += [f"--out={out}", f"--epochs={args.epochs}", *(["--fused"] if "fused" in name else [])]
+                    command = [
+                        sys.executable,
+                        str(REPO / "benchmarks" / "plain_gpt.py"),
+                        f"--data={args.data}",
+                    ]
+                    command += [
+                        f"--out={out}",
+                        f"--epochs={args.epochs}",
+                        *(["--fused"] if "fused" in name else []),
+                    ]
                 else:
                     command = [sys.executable, "-m", "genexp.train", "experiment=gpt_shakespeare_cpu"]
                     command += [f"data.path={args.data}", f"hydra.run.dir={out}", *args.overrides]
@@ -165,7 +173,10 @@ def end_to_end(args: argparse.Namespace) -> None:
                         command += [f"trainer.max_epochs={args.epochs}"]
                         command += [f"scheduler.scheduler.total_steps={args.epochs * 200}"]
                 runs[name].append(timed(command, Path(tmp)))
-                print(f"  {name:7s} run {i}: {runs[name][-1][0]:.1f} s wall, {runs[name][-1][1]:.1f} s CPU", flush=True)
+                print(
+                    f"  {name:7s} run {i}: {runs[name][-1][0]:.1f} s wall, {runs[name][-1][1]:.1f} s CPU",
+                    flush=True,
+                )
     wall = {k: statistics.median(w for w, _ in v) for k, v in runs.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in runs.items()}
     print(f"\nEnd to end, {args.epochs * 200} steps, median of {args.repeats} (process start to exit)")
@@ -193,7 +204,9 @@ def main() -> None:
         "--compile", action="store_true", help="torch.compile the network (model.compile=true)"
     )
     parser.add_argument("--progress-bar", action="store_true", help="keep the RichProgressBar callback")
-    parser.add_argument("--e2e", action="store_true", help="end to end: genexp-train vs benchmarks/plain_gpt.py")
+    parser.add_argument(
+        "--e2e", action="store_true", help="end to end: genexp-train vs benchmarks/plain_gpt.py"
+    )
     parser.add_argument(
         "overrides", nargs="*", help="extra Hydra overrides for both runs, e.g. model.n_layer=6"
     )

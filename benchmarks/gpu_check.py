@@ -39,7 +39,10 @@ TRAINING = [
     ("16-mixed", ["trainer.precision=16-mixed"]),
     ("bf16-mixed + compile", ["trainer.precision=bf16-mixed", "model.compile=true"]),
 ]
-ADAMW = ["optimizer.betas=[0.9,0.99]", "optimizer.weight_decay=0.1"]  # the recipe's AdamW (conf/tuning/gpt_adamw)
+ADAMW = [
+    "optimizer.betas=[0.9,0.99]",
+    "optimizer.weight_decay=0.1",
+]  # the recipe's AdamW (conf/tuning/gpt_adamw)
 OPTIMIZERS = [
     ("AdamW", ["trainer.precision=bf16-mixed"]),
     ("AdamW8bit", ["trainer.precision=bf16-mixed", "optimizer=adamw8bit", *ADAMW]),
@@ -85,7 +88,7 @@ def inference(args: argparse.Namespace) -> None:
         quantize_,
     )
 
-    from genexp.models.gpt import Transformer
+    from genexp.models.transformer import Transformer
 
     torch.manual_seed(0)
     float_net = Transformer(65, 256, 8, 8, 512, 0.0, False).cuda().to(torch.bfloat16).eval()
@@ -131,7 +134,9 @@ def cuda_ms(net, idx, repeats: int = 50, warmup: int = 5) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="a UTF-8 text (Tiny Shakespeare)")
     parser.add_argument("--steps", type=int, default=200, help="training steps per variant")
     args = parser.parse_args()

@@ -40,14 +40,21 @@ from genexp.deploy.onnx_quantize import Int8ToleranceMiss, int8_scheme, quantize
 SCHEMES = ("8bit", "7bit")
 EMULATED = "AVX2 (emulated Haswell)"
 RECIPES = {"vae": [], "gan": ["experiment=gan_digits"], "diffusion": ["experiment=diffusion_digits"]}
-QUICK = ["trainer.max_epochs=1", "trainer.limit_train_batches=3", "trainer.limit_val_batches=1",
-         "trainer.limit_test_batches=1", "callbacks.sample_quality=null", "callbacks.model_checkpoint.monitor=val/loss"]
+QUICK = [
+    "trainer.max_epochs=1",
+    "trainer.limit_train_batches=3",
+    "trainer.limit_val_batches=1",
+    "trainer.limit_test_batches=1",
+    "callbacks.sample_quality=null",
+    "callbacks.model_checkpoint.monitor=val/loss",
+]
 
 
 def prepare(run: Path, folder: Path) -> list[dict[str, Any]]:
     """Export ``run``'s fp32 graphs into ``folder`` and save each graph's int8 feeds; one job per graph."""
-    from genexp.onnx_families import family_of
-    from genexp.rebuild import find_checkpoint, load_any
+    from genexp.checkpoints.rebuild import load_any
+    from genexp.exporters.registry import family_of
+    from genexp.runtime.run_folder import find_checkpoint
 
     loaded = load_any(find_checkpoint(run, "--run"), key="--run")
     family = family_of(loaded.model, loaded.datamodule)
@@ -57,9 +64,19 @@ def prepare(run: Path, folder: Path) -> list[dict[str, Any]]:
     jobs = []
     for graph in graphs:
         feeds = family.feeds(graph, batches, graphs)
-        np.savez(folder / f"{graph.stem}.feeds.npz", **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()})
-        jobs.append({"run": run.name, "folder": str(folder), "graph": graph.stem, "method": family.int8,
-                     "static_options": family.static_options})
+        np.savez(
+            folder / f"{graph.stem}.feeds.npz",
+            **{f"{i}/{k}": v for i, f in enumerate(feeds) for k, v in f.items()},
+        )
+        jobs.append(
+            {
+                "run": run.name,
+                "folder": str(folder),
+                "graph": graph.stem,
+                "method": family.int8,
+                "static_options": family.static_options,
+            }
+        )
     return jobs
 
 
@@ -74,9 +91,16 @@ def worker(job: dict[str, Any]) -> dict[str, Any]:
     ordered = [feeds[i] for i in sorted(feeds)]
     target = folder / f"{job['graph']}.{job['scheme']}.{job['cpu_tag']}.int8.onnx"
     try:
-        recipe = quantize_graph(folder / f"{job['graph']}.onnx", target, job["method"], ordered[0], ordered,
-                                tolerance=float("inf"), static_options=job["static_options"],
-                                scheme=int8_scheme(job["scheme"]))
+        recipe = quantize_graph(
+            folder / f"{job['graph']}.onnx",
+            target,
+            job["method"],
+            ordered[0],
+            ordered,
+            tolerance=float("inf"),
+            static_options=job["static_options"],
+            scheme=int8_scheme(job["scheme"]),
+        )
         return recipe["check"]
     except Int8ToleranceMiss as miss:  # cannot happen at an infinite tolerance; kept for clarity
         return miss.check
@@ -98,9 +122,13 @@ def run_job(job: dict[str, Any], emulate: bool) -> dict[str, Any] | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--run", action="append", default=[], help="an existing run folder")
-    parser.add_argument("--train", action="append", default=[], choices=sorted(RECIPES), help="train the recipe first")
+    parser.add_argument(
+        "--train", action="append", default=[], choices=sorted(RECIPES), help="train the recipe first"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny training: checks that the script runs")
     parser.add_argument("--no-emulation", action="store_true", help="this CPU only (no qemu)")
     parser.add_argument("--out", default=None, help="where runs and graphs go (default: a temporary folder)")
@@ -129,7 +157,10 @@ def main() -> None:
                 for _, emulate in cpus:
                     check = run_job({**job, "scheme": scheme}, emulate)
                     cells.append("– (no qemu-x86_64)" if check is None else f"{check['relative_error']:.4f}")
-                print(f"| {run.name} | {job['graph']}.onnx | {scheme[0]}-bit | " + " | ".join(cells) + " |", flush=True)
+                print(
+                    f"| {run.name} | {job['graph']}.onnx | {scheme[0]}-bit | " + " | ".join(cells) + " |",
+                    flush=True,
+                )
 
 
 if __name__ == "__main__":

@@ -27,12 +27,14 @@ from genexp.deploy import latency
 from genexp.deploy.onnx_conv import project_latent
 from genexp.deploy.onnx_export import Graph, export_graph
 from genexp.deploy.onnx_runtime import open_session, session_call
-from genexp.models.gan import Generator
+from genexp.models.dcgan import Generator
 
 VARIANTS = ("torch fp32 eager", "ORT, as torch.onnx writes it", "ORT, first layer as one Gemm")
 
 
-def one_process(channels: int, latent: int, repeats: int, rounds: int, folder: Path) -> dict[str, dict[str, float]]:
+def one_process(
+    channels: int, latent: int, repeats: int, rounds: int, folder: Path
+) -> dict[str, dict[str, float]]:
     """ms per variant and batch, interleaved in this process."""
     torch.manual_seed(0)
     generator = Generator((1, 16, 16), latent, channels).eval()
@@ -40,8 +42,10 @@ def one_process(channels: int, latent: int, repeats: int, rounds: int, folder: P
     assert project_latent(rewritten)
     axes = {"z": {0: "batch"}, "images": {0: "batch"}}
     z = torch.randn(2, latent)
-    paths = [export_graph(Graph("g", net, (z,), ["z"], ["images"], axes), folder / f"{name}.onnx", 17)
-             for name, net in (("plain", generator), ("gemm", rewritten))]
+    paths = [
+        export_graph(Graph("g", net, (z,), ["z"], ["images"], axes), folder / f"{name}.onnx", 17)
+        for name, net in (("plain", generator), ("gemm", rewritten))
+    ]
     sessions = [open_session(path) for path in paths]
     calls = {}
     for batch in (64, 1):
@@ -57,7 +61,9 @@ def one_process(channels: int, latent: int, repeats: int, rounds: int, folder: P
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--channels", type=int, default=64, help="model.g_channels (gan_digits: 64)")
     parser.add_argument("--latent", type=int, default=100, help="model.latent_dim (gan_digits: 100)")
     add_trial_options(parser)
@@ -67,20 +73,37 @@ def main() -> None:
         result = one_process(args.channels, args.latent, args.repeats, args.rounds, folder)
         Path(args.trial_json).write_text(json.dumps(result))
         return
-    trial_args = ["--channels", str(args.channels), "--latent", str(args.latent), "--repeats", str(args.repeats),
-                  "--rounds", str(args.rounds)]
+    trial_args = [
+        "--channels",
+        str(args.channels),
+        "--latent",
+        str(args.latent),
+        "--repeats",
+        str(args.repeats),
+        "--rounds",
+        str(args.rounds),
+    ]
     trials = trial_processes(__file__, trial_args, args.trials, folder)
 
-    print(f"\n{latency_header()}; {len(trials)} processes x {args.repeats} calls in "
-          f"{args.rounds} interleaved rounds; GAN generator, {args.channels} channels, latent {args.latent}\n")
+    print(
+        f"\n{latency_header()}; {len(trials)} processes x {args.repeats} calls in "
+        f"{args.rounds} interleaved rounds; GAN generator, {args.channels} channels, latent {args.latent}\n"
+    )
     print("| variant | batch 64, ms | x torch | x unrewritten | batch 1, ms | x torch | x unrewritten |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for variant in VARIANTS:
         cells = []
         for batch in ("64", "1"):
             ms = [t[variant][batch] for t in trials]
-            cells += [f"{statistics.median(ms):.3f}", spread([t[VARIANTS[0]][batch] / t[variant][batch] for t in trials])]
-            cells.append(spread([t[VARIANTS[1]][batch] / t[variant][batch] for t in trials]) if variant != VARIANTS[0] else "–")
+            cells += [
+                f"{statistics.median(ms):.3f}",
+                spread([t[VARIANTS[0]][batch] / t[variant][batch] for t in trials]),
+            ]
+            cells.append(
+                spread([t[VARIANTS[1]][batch] / t[variant][batch] for t in trials])
+                if variant != VARIANTS[0]
+                else "–"
+            )
         print(f"| {variant} | " + " | ".join(cells) + " |")
 
 

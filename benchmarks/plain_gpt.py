@@ -58,11 +58,15 @@ class TinyGPT(nn.Module):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--epochs", type=int, default=10, help="epochs of 200 steps")
-    parser.add_argument("--fused", action="store_true", help="AdamW(fused=True), the kernel genexp picks on 32-true")
+    parser.add_argument(
+        "--fused", action="store_true", help="AdamW(fused=True), the kernel genexp picks on 32-true"
+    )
     args = parser.parse_args()
     torch.manual_seed(12345)
     text = args.data.read_text(encoding="utf-8")
@@ -82,11 +86,16 @@ def main() -> None:
     def evaluate(windows: torch.Tensor) -> torch.Tensor:
         model.eval()
         with torch.no_grad():
-            losses = [F.cross_entropy(model(w[:, :-1]).flatten(0, 1), w[:, 1:].flatten()) for w in windows.split(batch)]
+            losses = [
+                F.cross_entropy(model(w[:, :-1]).flatten(0, 1), w[:, 1:].flatten())
+                for w in windows.split(batch)
+            ]
         return torch.stack(losses).mean()
 
     model = TinyGPT(len(chars), context)
-    matrices = [p for n, p in model.named_parameters() if p.dim() >= 2 and "tokens" not in n and "positions" not in n]
+    matrices = [
+        p for n, p in model.named_parameters() if p.dim() >= 2 and "tokens" not in n and "positions" not in n
+    ]
     others = [p for n, p in model.named_parameters() if p.dim() < 2 or "tokens" in n or "positions" in n]
     optimizer = torch.optim.AdamW(
         [{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}],

@@ -30,12 +30,12 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig
 
 from _harness import CONF, genexp_train, read_json
-from genexp.build import build_datamodule, build_model
+from _slim import slim
 from genexp.compression.prune import PruningCallback
-from genexp.compression.slim import slim
 from genexp.compression.targets import deployable_of
 from genexp.deploy.costs import measure
 from genexp.deploy.latency import cpu_latency_ms
+from genexp.runtime.build import build_datamodule, build_model
 
 
 def available(family: str) -> bool:

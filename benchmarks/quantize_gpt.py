@@ -38,11 +38,11 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from _harness import SHAKESPEARE, genexp_train
+from genexp.checkpoints.rebuild import load_any, load_deployable, load_model
 from genexp.compression.quantize import QuantizationCallback
 from genexp.deploy.costs import measure, weight_bytes
 from genexp.deploy.latency import cpu_latency_ms
 from genexp.deploy.layers import CONV_TYPES as CONVS
-from genexp.rebuild import load_any, load_deployable, load_model
 
 GPT = ["experiment=gpt_shakespeare_cpu", f"data.path={SHAKESPEARE}"]
 

@@ -17,12 +17,10 @@ import tempfile
 from pathlib import Path
 
 import torch
-from omegaconf import OmegaConf
 
-from _harness import genexp_train
+from _harness import genexp_train, load_best
 from genexp.metrics.features import DomainFeatures, load_or_train_classifier
 from genexp.metrics.scores import QualityScorer
-from genexp.rebuild import load_model
 
 RECIPES = {"gan": ["experiment=gan_digits"], "vae": []}
 
@@ -35,14 +33,6 @@ def train_run(name: str, scratch: Path, extra: list[str]) -> tuple[Path, float]:
     seconds = genexp_train([*RECIPES[name], *extra, "callbacks.progress_bar=null"], cwd=cwd, env=env)
     (run,) = [p.parent for p in (cwd / "outputs" / "train" / "runs").glob("*/metrics.json")]
     return run, seconds
-
-
-def load_run(run: Path):
-    """The model from a run folder's best checkpoint, and its (set up) data module."""
-    best = sorted(p for p in (run / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt")
-    loaded = load_model(best[-1] if best else run / "checkpoints" / "last.ckpt")
-    loaded.datamodule.setup()
-    return loaded.model.eval(), loaded.datamodule, OmegaConf.create(loaded.config)
 
 
 def main() -> None:
@@ -64,7 +54,7 @@ def main() -> None:
             runs[name], seconds[name] = train_run(name, scratch, [])
             print(f"trained {name}: {runs[name]} in {seconds[name]:.0f}s")
 
-    models = {name: load_run(run) for name, run in runs.items()}
+    models = {name: load_best(run) for name, run in runs.items()}
     _, datamodule, cfg = models["gan"]
     for name, (_, dm, _) in models.items():
         if (dm.name, dm.image_shape, dm.resize, dm.seed) != (

@@ -138,8 +138,13 @@ def compare(name: str, args: argparse.Namespace) -> None:
     for r in range(args.rounds):
         order = variants if r % 2 == 0 else variants[::-1]
         for label, extra in order:
-            results[label].append(run_variant([*base, *loop_only(args.data, args.steps), *args.overrides, *extra]))
-            print(f"  {name} round {r}: {label}: {results[label][-1]['cost/step_ms_median']:.1f} ms/step", flush=True)
+            results[label].append(
+                run_variant([*base, *loop_only(args.data, args.steps), *args.overrides, *extra])
+            )
+            print(
+                f"  {name} round {r}: {label}: {results[label][-1]['cost/step_ms_median']:.1f} ms/step",
+                flush=True,
+            )
     medians = {
         label: {key: statistics.median(run[key] for run in runs) for _, key, _ in FIGURES}
         for label, runs in results.items()
@@ -159,12 +164,16 @@ def compare(name: str, args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="Tiny Shakespeare input.txt")
     parser.add_argument("--steps", type=int, default=60, help="training steps per run")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds per comparison")
     parser.add_argument("--only", choices=sorted(COMPARISONS), action="append", help="run only these")
-    parser.add_argument("--variant", action="append", help="only the variants whose label contains this (+ baseline)")
+    parser.add_argument(
+        "--variant", action="append", help="only the variants whose label contains this (+ baseline)"
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="extra Hydra overrides for every run")
     args = parser.parse_args()

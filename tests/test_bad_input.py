@@ -15,8 +15,16 @@ from conftest import FAST, run_cli, run_dirs
 pytestmark = pytest.mark.xdist_group("bad_input")  # one worker builds the module's shared runs
 
 TRAIN, EVAL = "genexp.train", "genexp.evaluate"
-GPT = ["model=gpt", "data=text", "data.path=small.txt", "model.n_layer=1", "model.n_embd=16", "model.n_head=2",
-       "data.block_size=8", "data.batch_size=4"]
+GPT = [
+    "model=gpt",
+    "data=text",
+    "data.path=small.txt",
+    "model.n_layer=1",
+    "model.n_embd=16",
+    "model.n_head=2",
+    "data.block_size=8",
+    "data.batch_size=4",
+]
 
 # name: (module, overrides, fragments that must all appear in stderr)
 CASES: dict[str, tuple[str, list[str], list[str]]] = {
@@ -28,14 +36,19 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     # optimizer / scheduler values
     "negative lr": (TRAIN, ["optimizer.lr=-1"], ["optimizer.lr=-1", "positive number"]),
     "text lr": (TRAIN, ["optimizer.lr=fast"], ["optimizer.lr='fast'", "positive number"]),
-    "negative warmup": (TRAIN, ["scheduler=warmup_cosine", "scheduler.scheduler.warmup_steps=-1"],
-                        ["scheduler.scheduler.warmup_steps=-1", "integer >= 0"]),
+    "negative warmup": (
+        TRAIN,
+        ["scheduler=warmup_cosine", "scheduler.scheduler.warmup_steps=-1"],
+        ["scheduler.scheduler.warmup_steps=-1", "integer >= 0"],
+    ),
     # trainer
     "non-numeric epochs": (TRAIN, ["trainer.max_epochs=abc"], ["trainer.max_epochs='abc'", "integer"]),
     "epochs below -1": (TRAIN, ["trainer.max_epochs=-5"], ["trainer.max_epochs=-5", "integer >= -1"]),
     "unknown precision": (TRAIN, ["trainer.precision=13"], ["trainer.precision", "bf16-mixed"]),
     "checkpoint monitors an unlogged metric": (
-        TRAIN, ["callbacks.model_checkpoint.monitor=val/fid"], ["ModelCheckpoint(monitor='val/fid')", "val/nelbo"]
+        TRAIN,
+        ["callbacks.model_checkpoint.monitor=val/fid"],
+        ["ModelCheckpoint(monitor='val/fid')", "val/nelbo"],
     ),
     "negative clip": (TRAIN, ["trainer.gradient_clip_val=-1"], ["trainer.gradient_clip_val", ">= 0"]),
     "bad seed": (TRAIN, ["seed=minus"], ["seed='minus'", "integer >= 0"]),
@@ -43,7 +56,11 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "zero batch size": (TRAIN, ["data.batch_size=0"], ["data.batch_size=0", "positive integer"]),
     "image too small": (TRAIN, ["data.image_size=4"], ["data.image_size=4", "native size 8"]),
     "unknown resize": (TRAIN, ["data.resize=stretch"], ["data.resize='stretch'", "interpolate", "pad"]),
-    "val fraction above 1": (TRAIN, ["data.val_fraction=1.5"], ["data.val_fraction=1.5", "fraction in (0, 1)"]),
+    "val fraction above 1": (
+        TRAIN,
+        ["data.val_fraction=1.5"],
+        ["data.val_fraction=1.5", "fraction in (0, 1)"],
+    ),
     "cifar10 offline": (TRAIN, ["data=cifar10"], ["cifar10", "cifar-10-batches-py", "data.download=true"]),
     "mnist offline": (TRAIN, ["data=mnist"], ["mnist", "train-images-idx3-ubyte", "data.download=true"]),
     # models
@@ -56,30 +73,68 @@ CASES: dict[str, tuple[str, list[str], list[str]]] = {
     "text not utf-8": (TRAIN, [*GPT, "data.path=latin1.txt"], ["data.path", "latin1.txt", "UTF-8"]),
     # callbacks
     "nan guard policy": (TRAIN, ["callbacks.nan_guard.policy=maybe"], ["callbacks.nan_guard.policy", "skip"]),
-    "prune sparsity": (TRAIN, ["compression=[prune]", "compression.prune.final_sparsity=1.5"],
-                       ["compression.prune.final_sparsity=1.5"]),
-    "prune epochs reversed": (TRAIN, ["compression=[prune]", "compression.prune.start_epoch=5",
-                                      "compression.prune.end_epoch=2"], ["compression.prune.start_epoch=5"]),
-    "prune method": (TRAIN, ["compression=[prune]", "compression.prune.method=magic"],
-                     ["compression.prune.method='magic'", "l1_unstructured"]),
-    "prune structured bad dim": (TRAIN, ["compression=[prune]", "compression.prune.method=ln_structured",
-                                         "compression.prune.dim=abc"], ["compression.prune.dim"]),
-    "prune include matches nothing": (TRAIN, ["compression=[prune]", "compression.prune.include=[nomatch]"],
-                                      ["compression.prune.include", "nomatch"]),
+    "prune sparsity": (
+        TRAIN,
+        ["compression=[prune]", "compression.prune.final_sparsity=1.5"],
+        ["compression.prune.final_sparsity=1.5"],
+    ),
+    "prune epochs reversed": (
+        TRAIN,
+        ["compression=[prune]", "compression.prune.start_epoch=5", "compression.prune.end_epoch=2"],
+        ["compression.prune.start_epoch=5"],
+    ),
+    "prune method": (
+        TRAIN,
+        ["compression=[prune]", "compression.prune.method=magic"],
+        ["compression.prune.method='magic'", "l1_unstructured"],
+    ),
+    "prune structured bad dim": (
+        TRAIN,
+        ["compression=[prune]", "compression.prune.method=ln_structured", "compression.prune.dim=abc"],
+        ["compression.prune.dim"],
+    ),
+    "prune include matches nothing": (
+        TRAIN,
+        ["compression=[prune]", "compression.prune.include=[nomatch]"],
+        ["compression.prune.include", "nomatch"],
+    ),
     # checkpoints
-    "missing checkpoint": (TRAIN, ["ckpt_path=missing.ckpt"], ["ckpt_path=missing.ckpt", "no such checkpoint"]),
-    "corrupt checkpoint": (TRAIN, ["ckpt_path=corrupt.ckpt"], ["ckpt_path=corrupt.ckpt", "corrupt or truncated"]),
-    "truncated checkpoint": (TRAIN, ["ckpt_path=truncated.ckpt"], ["ckpt_path=truncated.ckpt", "corrupt or truncated"]),
-    "foreign checkpoint": (TRAIN, ["ckpt_path=foreign.ckpt"], ["ckpt_path=foreign.ckpt", "not a genexp checkpoint"]),
+    "missing checkpoint": (
+        TRAIN,
+        ["ckpt_path=missing.ckpt"],
+        ["ckpt_path=missing.ckpt", "no such checkpoint"],
+    ),
+    "corrupt checkpoint": (
+        TRAIN,
+        ["ckpt_path=corrupt.ckpt"],
+        ["ckpt_path=corrupt.ckpt", "corrupt or truncated"],
+    ),
+    "truncated checkpoint": (
+        TRAIN,
+        ["ckpt_path=truncated.ckpt"],
+        ["ckpt_path=truncated.ckpt", "corrupt or truncated"],
+    ),
+    "foreign checkpoint": (
+        TRAIN,
+        ["ckpt_path=foreign.ckpt"],
+        ["ckpt_path=foreign.ckpt", "not a genexp checkpoint"],
+    ),
     "eval missing checkpoint": (EVAL, ["ckpt_path=missing.ckpt"], ["ckpt_path=missing.ckpt"]),
-    "eval truncated checkpoint": (EVAL, ["ckpt_path=truncated.ckpt"], ["ckpt_path=truncated.ckpt", "truncated"]),
+    "eval truncated checkpoint": (
+        EVAL,
+        ["ckpt_path=truncated.ckpt"],
+        ["ckpt_path=truncated.ckpt", "truncated"],
+    ),
     "eval without checkpoint": (EVAL, [], ["ckpt_path"]),
 }
 
 
 def _snapshot(root: Path) -> dict[str, str]:
-    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(root.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
 
 
 @pytest.fixture(scope="module")

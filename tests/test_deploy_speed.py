@@ -14,14 +14,36 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "deploy_speed.py"
 
 
 def test_deploy_speed_prints_every_variant_over_trial_processes(tmp_path: Path) -> None:
-    command = [sys.executable, str(SCRIPT), "--train", "vae", "--quick", "--no-quality", "--repeats", "4",
-               "--rounds", "2", "--trials", "2", "--out", str(tmp_path)]
-    done = subprocess.run(command, capture_output=True, text=True, timeout=600,
-                          env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}, cwd=tmp_path)
+    command = [
+        sys.executable,
+        str(SCRIPT),
+        "--train",
+        "vae",
+        "--quick",
+        "--no-quality",
+        "--repeats",
+        "4",
+        "--rounds",
+        "2",
+        "--trials",
+        "2",
+        "--out",
+        str(tmp_path),
+    ]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     out = done.stdout
     assert out.count("a fresh process") == 2 and sorted(p.name for p in tmp_path.glob("trial*.json")) == [
-        "trial0.json", "trial1.json"]
+        "trial0.json",
+        "trial1.json",
+    ]
     assert "OMP_WAIT_POLICY PASSIVE" in out and "warning: OMP_WAIT_POLICY=PASSIVE" in out
     rows = [line for line in out.splitlines() if line.startswith("| vae |")]
     assert [row.split(" | ")[1:3] for row in rows] == [
@@ -40,29 +62,65 @@ def test_deploy_speed_prints_every_variant_over_trial_processes(tmp_path: Path) 
 
 def test_onnx_rewrites_prints_the_gan_rewrite_table(tmp_path: Path) -> None:
     script = SCRIPT.parent / "onnx_rewrites.py"
-    command = [sys.executable, str(script), "--trials", "2", "--repeats", "2", "--rounds", "1", "--channels", "8"]
+    command = [
+        sys.executable,
+        str(script),
+        "--trials",
+        "2",
+        "--repeats",
+        "2",
+        "--rounds",
+        "1",
+        "--channels",
+        "8",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| torch") or line.startswith("| ORT")]
-    assert [row[0].strip("| ") for row in rows] == ["torch fp32 eager", "ORT, as torch.onnx writes it",
-                                                    "ORT, first layer as one Gemm"]
+    rows = [
+        line.split(" | ")
+        for line in done.stdout.splitlines()
+        if line.startswith("| torch") or line.startswith("| ORT")
+    ]
+    assert [row[0].strip("| ") for row in rows] == [
+        "torch fp32 eager",
+        "ORT, as torch.onnx writes it",
+        "ORT, first layer as one Gemm",
+    ]
     assert all(float(row[1]) > 0 and float(row[4]) > 0 for row in rows)
     assert "2 processes" in done.stdout and "8 channels" in done.stdout
 
 
 def test_conv_kernels_checks_each_rewrite_against_torch_and_prints_every_layer(tmp_path: Path) -> None:
     script = SCRIPT.parent / "conv_kernels.py"
-    command = [sys.executable, str(script), "--trials", "1", "--repeats", "2", "--rounds", "1", "--batch", "4"]
+    command = [
+        sys.executable,
+        str(script),
+        "--trials",
+        "1",
+        "--repeats",
+        "2",
+        "--rounds",
+        "1",
+        "--batch",
+        "4",
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]  # a rewrite that differs from torch by > 1e-4 exits 1
     rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith(("| gan", "| vae"))]
     assert [row[0][2:] for row in rows] == [
-        "gan ConvT 128->64 k4s2 @4x4", "gan ConvT 64->1 k4s2 @8x8", "vae ConvT 64->32 k4s2 @4x4",
-        "vae ConvT 32->16 k4s2 @8x8", "vae Conv 1->32 k4s2 @16x16", "vae Conv 32->64 k4s2 @8x8",
-        "vae Conv 16->1 k3s1 @16x16"]
+        "gan ConvT 128->64 k4s2 @4x4",
+        "gan ConvT 64->1 k4s2 @8x8",
+        "vae ConvT 64->32 k4s2 @4x4",
+        "vae ConvT 32->16 k4s2 @8x8",
+        "vae Conv 1->32 k4s2 @16x16",
+        "vae Conv 32->64 k4s2 @8x8",
+        "vae Conv 16->1 k3s1 @16x16",
+    ]
     for row in rows:
         assert row[2] == "1.00" and float(row[3]) > 0  # torch against itself; ORT's kernel timed
         transposed = "ConvT" in row[0]
-        assert all((cell != "–") == transposed for cell in row[5:11])  # the rewrites exist for k4s2 ConvT only
+        assert all(
+            (cell != "–") == transposed for cell in row[5:11]
+        )  # the rewrites exist for k4s2 ConvT only
         assert (0 < float(row[11].rstrip(" |")) < 0.1) if transposed else row[11].startswith("–")
     assert "batch 4" in done.stdout and "1 processes" in done.stdout

@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from conftest import FAST, run_dirs
+from genexp.checkpoints.rebuild import load_deployable
 from genexp.deploy.layers import Int8WeightConv
-from genexp.errors import ConfigError
 from genexp.models.diffusion import Diffusion, alpha_sigma, ddim_step
 from genexp.models.unet import UNet
-from genexp.rebuild import load_deployable
+from genexp.runtime.errors import ConfigError
 from genexp.train import train
 
 pytestmark = pytest.mark.xdist_group("diffusion")  # one worker builds the module's shared runs

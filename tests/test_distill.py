@@ -17,13 +17,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, open_dict
 
 from conftest import CONF, FAST
-from genexp.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
+from genexp.checkpoints.rebuild import load_checkpoint
 from genexp.compression.distill import DistillationCallback, load_teacher
-from genexp.errors import CheckpointError, ConfigError
 from genexp.models.base import GenerativeModule
 from genexp.models.gan import GAN
 from genexp.models.vae import VAE
-from genexp.rebuild import load_checkpoint
+from genexp.runtime.build import build_callbacks, build_datamodule, build_loggers, build_model, build_trainer
+from genexp.runtime.errors import CheckpointError, ConfigError
 from genexp.train import train
 
 pytestmark = pytest.mark.xdist_group("distill")  # one worker builds the module's shared runs

@@ -48,6 +48,9 @@ COVERED: dict[str, tuple[str, ...]] = {
         r"^tensorboard --logdir outputs/$",
         r"^genexp-eval ckpt_path=\S+/last\.ckpt$",
     ),
+    "tests/test_own_model.py::test_own_model_exports_to_onnx_and_is_measured_there": (
+        r"^genexp-export target=\S+ trust=\[mypkg\.\]$|^genexp-eval target=\S+/model\.onnx trust=\[mypkg\.\]$",
+    ),
     "tests/test_own_model.py::test_own_model_trains_resumes_compresses_and_is_trusted_only_when_asked": (
         r"--config-dir myconf|trust=\[mypkg\.\]",
     ),
@@ -72,7 +75,7 @@ COVERED: dict[str, tuple[str, ...]] = {
     "tests/test_structured.py::test_a_structured_run_resumes_evaluates_quantizes_and_exports": (
         r"prune\.method=ln_structured|^genexp-export target=\S+ quantize=int8$",
     ),
-    "tests/test_onnx_export.py::test_quantize_backend_onnxruntime_exports_the_int8_graph_at_fit_end": (
+    "tests/test_quantize.py::test_quantize_backend_onnxruntime_exports_the_int8_graph_at_fit_end": (
         r"compression\.quantize\.backend=onnxruntime",
     ),
     "tests/test_report.py::test_gpt_sweep_recipe_is_eight_runs_and_int8_compounds_with_pruning": (
@@ -133,6 +136,9 @@ COVERED: dict[str, tuple[str, ...]] = {
     ),
     "tests/test_int8_scheme.py::test_the_scheme_benchmark_prints_each_graph_under_each_scheme": (
         r"^python benchmarks/int8_schemes\.py ",
+    ),
+    "tests/test_int8_scheme.py::test_on_an_avx2_cpu_without_vnni_the_export_picks_7bit_weights_and_stays_exact": (
+        r"^genexp-export quantize=int8$",
     ),
     "tests/test_int8_scheme.py::test_a_graph_for_another_kind_of_cpu_asks_for_7bit_weights": (
         r"int8_scheme=7bit$",

@@ -9,12 +9,12 @@ import pytest
 import torch
 
 from conftest import FAST as _FAST
+from genexp.callbacks.sample_quality import SampleQuality
 from genexp.data.images import ImageDataModule
-from genexp.errors import ConfigError, GenexpError
 from genexp.metrics import features
-from genexp.metrics.callback import SampleQuality
 from genexp.metrics.features import DomainFeatures, InceptionFeatures, load_or_train_classifier
 from genexp.metrics.scores import QualityScorer, kl_divergence
+from genexp.runtime.errors import ConfigError, GenexpError
 
 pytestmark = pytest.mark.xdist_group("features")  # one worker builds the module's shared runs
 

@@ -15,8 +15,9 @@ from lightning.pytorch import Callback
 from torch.utils.data import DataLoader, TensorDataset
 
 from conftest import FAST as _FAST
-from genexp.errors import ConfigError
-from genexp.models.gan import GAN, dcgan_layout
+from genexp.models.dcgan import dcgan_layout
+from genexp.models.gan import GAN
+from genexp.runtime.errors import ConfigError
 
 # ++: trainer/default.yaml has no limit_*_batches keys, so FAST's plain overrides cannot apply
 FAST = ["++" + o for o in _FAST]
@@ -118,7 +119,9 @@ def _fit(model: GAN, callbacks: list[Callback], epochs: int = 2, batches: int = 
         enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=callbacks,
-        default_root_dir=tempfile.mkdtemp(prefix="genexp-gan-"),  # samples.png goes there, not into the checkout
+        default_root_dir=tempfile.mkdtemp(
+            prefix="genexp-gan-"
+        ),  # samples.png goes there, not into the checkout
     )
     trainer.fit(model, datamodule=_Digits())
     return trainer
@@ -207,7 +210,9 @@ class _GradRMS(Callback):
 @pytest.mark.parametrize("clip", [None, 1e-5])
 def test_grad_clip_caps_each_tensors_rms_gradient(clip) -> None:
     recorder = _GradRMS()
-    _fit(_tiny_gan(optimizer=partial(torch.optim.SGD, lr=0.1), grad_clip=clip), [recorder], epochs=1, batches=3)
+    _fit(
+        _tiny_gan(optimizer=partial(torch.optim.SGD, lr=0.1), grad_clip=clip), [recorder], epochs=1, batches=3
+    )
     assert len(recorder.rms) == 6  # one D and one G step per batch
     if clip is None:
         assert min(recorder.rms) > 1e-5  # unclipped gradients are larger than the cap below
@@ -233,7 +238,7 @@ def test_ema_generator_samples_and_ships() -> None:
 
 
 def test_gan_trains_through_the_config_with_sample_quality(compose_train, tmp_path_factory) -> None:
-    from genexp.build import build_datamodule, build_model
+    from genexp.runtime.build import build_datamodule, build_model
     from genexp.train import train
 
     cache = tmp_path_factory.mktemp("features")

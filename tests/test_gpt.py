@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from conftest import FAST, run_dirs
-from genexp.build import build_datamodule, build_model, build_trainer
-from genexp.errors import ConfigError
-from genexp.models.gpt import GPT, Transformer
-from genexp.rebuild import load_checkpoint
+from genexp.checkpoints.rebuild import load_checkpoint
+from genexp.models.gpt import GPT
+from genexp.models.transformer import Transformer
+from genexp.runtime.build import build_datamodule, build_model, build_trainer
+from genexp.runtime.errors import ConfigError
 from genexp.train import train
 
 CORPUS = "the quick brown fox jumps over the lazy dog.\n" * 60

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from genexp.data.images import ImageDataModule
-from genexp.errors import ConfigError, DataNotFoundError
+from genexp.runtime.errors import ConfigError, DataNotFoundError
 
 
 def _split(seed: int, **kwargs) -> ImageDataModule:

@@ -19,7 +19,9 @@ SRC = REPO / "src" / "genexp"
 def test_pyproject_lists_every_package() -> None:
     listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {"genexp"} | {
-        "genexp." + ".".join(p.parent.relative_to(SRC).parts) for p in SRC.rglob("__init__.py") if p.parent != SRC
+        "genexp." + ".".join(p.parent.relative_to(SRC).parts)
+        for p in SRC.rglob("__init__.py")
+        if p.parent != SRC
     }
     assert listed == found | {"genexp.conf"}
 
@@ -43,7 +45,22 @@ def reuse_site_packages(venv: Path) -> None:
 def test_wheel_in_a_fresh_venv_trains_one_epoch_from_a_temp_folder(tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "HYDRA_FULL_ERROR")}
     wheels = tmp_path / "wheels"
-    run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(wheels), str(REPO)], tmp_path, env)
+    run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "-w",
+            str(wheels),
+            str(REPO),
+        ],
+        tmp_path,
+        env,
+    )
     (wheel,) = wheels.glob("genexp-*.whl")
     venv = tmp_path / "venv"  # genexp from the wheel; its dependencies from this interpreter's site-packages
     run([sys.executable, "-m", "venv", str(venv)], tmp_path, env)
@@ -53,15 +70,37 @@ def test_wheel_in_a_fresh_venv_trains_one_epoch_from_a_temp_folder(tmp_path: Pat
 
     work = tmp_path / "elsewhere"  # no conf/ here, no source tree above
     work.mkdir()
-    where = run([str(bin_dir / "python"), "-c", "import genexp, genexp.startup as s; print(genexp.__file__); print(s.config_dir())"], work, env)
+    where = run(
+        [
+            str(bin_dir / "python"),
+            "-c",
+            "import genexp, genexp.runtime.startup as s; print(genexp.__file__); print(s.config_dir())",
+        ],
+        work,
+        env,
+    )
     module, conf = where.stdout.split()
     assert module.startswith(str(venv)) and conf.startswith(str(venv)) and conf.endswith("genexp/conf")
 
     job = run([str(bin_dir / "genexp-train"), "--cfg", "job"], work, env)
     assert "_target_: genexp.models.vae.VAE" in job.stdout
-    fast = ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1",
-            "trainer.limit_test_batches=1", "callbacks.progress_bar=null"]
+    fast = [
+        "trainer.max_epochs=1",
+        "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=1",
+        "trainer.limit_test_batches=1",
+        "callbacks.progress_bar=null",
+    ]
     run([str(bin_dir / "genexp-train"), *fast], work, env)
     (metrics,) = (work / "outputs" / "train" / "runs").glob("*/metrics.json")
     assert "test/nelbo" in metrics.read_text()
-    run([str(bin_dir / "genexp-eval"), f"target={metrics.parent}", "report.repeats=2", "callbacks.sample_quality=null"], work, env)
+    run(
+        [
+            str(bin_dir / "genexp-eval"),
+            f"target={metrics.parent}",
+            "report.repeats=2",
+            "callbacks.sample_quality=null",
+        ],
+        work,
+        env,
+    )

@@ -21,7 +21,7 @@ import torch
 from conftest import FAST, REPO, run_cli
 from genexp.deploy import latency
 from genexp.deploy.onnx_quantize import int8_scheme
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 
 pytestmark = pytest.mark.xdist_group("int8_scheme")  # one worker trains the module's run
 AVX512_VNNI = ["avx2", "avx512f", "avx512_vnni", "avx512_bf16"]
@@ -71,10 +71,16 @@ def vae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_an_int8_graph_that_misses_its_tolerance_is_a_line_and_the_fp32_graphs_ship(vae_run: Path) -> None:
     out = vae_run / "strict"
-    done = run_cli([f"target={vae_run}", "quantize=int8", "tolerance=1e-9", "measure=false", f"out={out}"],
-                   cwd=vae_run, module="genexp.export")
+    done = run_cli(
+        [f"target={vae_run}", "quantize=int8", "tolerance=1e-9", "measure=false", f"out={out}"],
+        cwd=vae_run,
+        module="genexp.export",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "Traceback" not in done.stderr and "int8 not written: model.onnx at a relative error of" in done.stdout
+    assert (
+        "Traceback" not in done.stderr
+        and "int8 not written: model.onnx at a relative error of" in done.stdout
+    )
     info = json.loads((out / "model.json").read_text())
     assert info["variants"] == ["fp32"] and not list(out.glob("*.int8.onnx"))
     assert set(info["graphs"]) == {"model.onnx", "decoder.onnx"}
@@ -83,7 +89,9 @@ def test_an_int8_graph_that_misses_its_tolerance_is_a_line_and_the_fp32_graphs_s
 
 
 def test_a_bad_scheme_is_one_line_before_anything_loads(vae_run: Path) -> None:
-    done = run_cli([f"target={vae_run}", "quantize=int8", "int8_scheme=6bit"], cwd=vae_run, module="genexp.export")
+    done = run_cli(
+        [f"target={vae_run}", "quantize=int8", "int8_scheme=6bit"], cwd=vae_run, module="genexp.export"
+    )
     assert done.returncode != 0 and "int8_scheme" in done.stderr and "Traceback" not in done.stderr
     assert not (vae_run / "export").exists()
 
@@ -96,8 +104,18 @@ def test_on_an_avx2_cpu_without_vnni_the_export_picks_7bit_weights_and_stays_exa
         pytest.skip("qemu-x86_64 (Debian's qemu-user) is not installed: .ci/run installs it")
     out = vae_run / "haswell"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
-    command = [qemu, "-cpu", "Haswell", sys.executable, "-m", "genexp.export", f"target={vae_run}",
-               "quantize=int8", "measure=false", f"out={out}"]
+    command = [
+        qemu,
+        "-cpu",
+        "Haswell",
+        sys.executable,
+        "-m",
+        "genexp.export",
+        f"target={vae_run}",
+        "quantize=int8",
+        "measure=false",
+        f"out={out}",
+    ]
     done = subprocess.run(command, cwd=vae_run, env=env, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     info = json.loads((out / "model.json").read_text())
@@ -108,8 +126,23 @@ def test_on_an_avx2_cpu_without_vnni_the_export_picks_7bit_weights_and_stays_exa
 
 def test_the_deploy_benchmark_prints_a_missed_int8_graph_as_a_row(vae_run: Path, tmp_path: Path) -> None:
     script = REPO / "benchmarks" / "deploy_speed.py"
-    command = [sys.executable, str(script), "--run", str(vae_run), "--tolerance", "1e-9", "--no-quality",
-               "--trials", "1", "--repeats", "2", "--rounds", "1", "--out", str(tmp_path)]
+    command = [
+        sys.executable,
+        str(script),
+        "--run",
+        str(vae_run),
+        "--tolerance",
+        "1e-9",
+        "--no-quality",
+        "--trials",
+        "1",
+        "--repeats",
+        "2",
+        "--rounds",
+        "1",
+        "--out",
+        str(tmp_path),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0 and "Traceback" not in done.stderr, done.stderr[-2000:]
     rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith("| vae |")]
@@ -125,18 +158,25 @@ def test_the_scheme_benchmark_prints_each_graph_under_each_scheme(vae_run: Path,
     assert done.returncode == 0, done.stderr[-2000:]
     rows = [line.split(" | ") for line in done.stdout.splitlines() if line.startswith(f"| {vae_run.name} |")]
     assert [(row[1], row[2]) for row in rows] == [
-        (graph, bits) for graph in ("model.onnx", "decoder.onnx") for bits in ("8-bit", "7-bit")]
+        (graph, bits) for graph in ("model.onnx", "decoder.onnx") for bits in ("8-bit", "7-bit")
+    ]
     assert all(0 < float(row[3].rstrip(" |")) < 0.1 for row in rows)
     assert f"auto picks: {int8_scheme()['reason']}" in done.stdout
 
 
 def test_a_graph_for_another_kind_of_cpu_asks_for_7bit_weights(vae_run: Path) -> None:
     out = vae_run / "portable"
-    done = run_cli([f"target={vae_run}", "quantize=int8", "int8_scheme=7bit", "measure=false", f"out={out}"],
-                   cwd=vae_run, module="genexp.export")
+    done = run_cli(
+        [f"target={vae_run}", "quantize=int8", "int8_scheme=7bit", "measure=false", f"out={out}"],
+        cwd=vae_run,
+        module="genexp.export",
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     info = json.loads((out / "model.json").read_text())
-    assert info["int8"]["scheme"] == {"weights_bits": 7, "reduce_range": True,
-                                      "reason": "int8_scheme=7bit was asked for"}
+    assert info["int8"]["scheme"] == {
+        "weights_bits": 7,
+        "reduce_range": True,
+        "reason": "int8_scheme=7bit was asked for",
+    }
     assert info["graphs"]["model.int8.onnx"]["quantization"]["weights"] == "int8 (7-bit range) per channel"
     assert "int8 scheme: 7-bit weights" in done.stdout

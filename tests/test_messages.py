@@ -37,7 +37,9 @@ def test_resuming_a_checkpoint_of_another_family_or_shape(cli, tmp_path: Path, t
     first = cli([*FAST, "model.hidden_channels=8"])
     assert first.returncode == 0, first.stderr[-3000:]
     ckpt = run_dirs(tmp_path)[0] / "checkpoints" / "last.ckpt"
-    line = one_error_line(cli(["model=gpt", "data=text", f"data.path={text_file}", f"ckpt_path={ckpt}", *FAST]))
+    line = one_error_line(
+        cli(["model=gpt", "data=text", f"data.path={text_file}", f"ckpt_path={ckpt}", *FAST])
+    )
     assert f"ckpt_path={ckpt}: holds a VAE" in line and "this run builds a GPT" in line
     line = one_error_line(cli([*FAST, "model.hidden_channels=16", f"ckpt_path={ckpt}"]))
     assert f"ckpt_path={ckpt}: its " in line and "has shape" in line
@@ -51,7 +53,9 @@ def test_a_failed_multirun_job_prints_its_error_line(cli, tmp_path: Path) -> Non
 
 
 def test_default_prune_schedule_reaches_the_asked_sparsity(cli, tmp_path: Path) -> None:
-    result = cli([*FAST, "trainer.max_epochs=3", "compression=[prune]", "compression.prune.final_sparsity=0.8"])
+    result = cli(
+        [*FAST, "trainer.max_epochs=3", "compression=[prune]", "compression.prune.final_sparsity=0.8"]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((run_dirs(tmp_path)[0] / "compression.json").read_text())
     assert report["achieved_sparsity"] == pytest.approx(0.8, abs=0.0005)
@@ -61,7 +65,9 @@ def test_default_prune_schedule_reaches_the_asked_sparsity(cli, tmp_path: Path) 
 
 @pytest.mark.parametrize("extra", [[], ["compression=[quantize]", "compression.quantize.latency_repeats=0"]])
 def test_a_default_run_console_is_quiet(cli, extra) -> None:
-    result = cli(["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", *extra])
+    result = cli(
+        ["trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.limit_val_batches=1", *extra]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     console = result.stdout + result.stderr
     for noise in ("Failed to load", "litmodels", "litlogger", "💡", "deprecated", "srun"):
@@ -71,10 +77,15 @@ def test_a_default_run_console_is_quiet(cli, extra) -> None:
 
 @pytest.mark.parametrize(
     ("override", "key"),
-    [("target.metric=val/nonexistent", "target.metric"), ("optimized_metric=val/nonexistent", "optimized_metric")],
+    [
+        ("target.metric=val/nonexistent", "target.metric"),
+        ("optimized_metric=val/nonexistent", "optimized_metric"),
+    ],
 )
 @pytest.mark.parametrize("sanity", [[], ["+trainer.num_sanity_val_steps=0"]])
-def test_a_metric_the_run_never_logs_fails_before_training(cli, tmp_path: Path, override, key, sanity) -> None:
+def test_a_metric_the_run_never_logs_fails_before_training(
+    cli, tmp_path: Path, override, key, sanity
+) -> None:
     result = cli([*FAST, "model.hidden_channels=8", override, "target.value=1", *sanity])
     assert result.returncode == 2
     line = one_error_line(result)
@@ -86,9 +97,19 @@ def test_a_metric_the_run_never_logs_fails_before_training(cli, tmp_path: Path, 
 
 
 def test_a_metric_a_callback_logs_later_passes_the_check(cli, tmp_path: Path) -> None:
-    result = cli([*FAST, "model=gan", "model.g_channels=8", "model.d_channels=8", "callbacks=quality",
-                  "callbacks.sample_quality.every_n_epochs=1", "callbacks.sample_quality.num_samples=50",
-                  "target.metric=val/fid", "target.value=1e9"])
+    result = cli(
+        [
+            *FAST,
+            "model=gan",
+            "model.g_channels=8",
+            "model.d_channels=8",
+            "callbacks=quality",
+            "callbacks.sample_quality.every_n_epochs=1",
+            "callbacks.sample_quality.num_samples=50",
+            "target.metric=val/fid",
+            "target.value=1e9",
+        ]
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads((run_dirs(tmp_path)[0] / "metrics.json").read_text())
     assert metrics["cost/target_step"] > 0  # reached in the first validation that scored samples

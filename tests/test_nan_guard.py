@@ -74,7 +74,7 @@ def test_skip_policy_keeps_weights_finite(compose_train) -> None:
 def test_grads_finite_tells_overflow_from_nan_and_inf() -> None:
     import torch
 
-    from genexp.nan_guard import grads_finite
+    from genexp.callbacks.nan_guard import grads_finite
 
     fine = [torch.randn(5, 3), torch.randn(7, dtype=torch.bfloat16)]
     assert grads_finite(fine) and grads_finite([])

@@ -16,14 +16,16 @@ from genexp.deploy.onnx_attention import DOMAIN
 from genexp.deploy.onnx_export import export_graph
 from genexp.deploy.onnx_quantize import quantize_graph
 from genexp.deploy.onnx_runtime import open_session
+from genexp.exporters.registry import graphs_of
 from genexp.models.gpt import GPT
-from genexp.onnx_families import graphs_of
 
 VOCAB = [chr(97 + i) for i in range(26)] + ["\n"]
 
 
 def uses_fused_attention(path: Path) -> bool:
-    return any(node.domain == DOMAIN and node.op_type == "Attention" for node in onnx.load(str(path)).graph.node)
+    return any(
+        node.domain == DOMAIN and node.op_type == "Attention" for node in onnx.load(str(path)).graph.node
+    )
 
 
 def _gpt(heads_removed: bool) -> GPT:
@@ -41,14 +43,18 @@ def _gpt(heads_removed: bool) -> GPT:
 
 @pytest.mark.parametrize("heads_removed", [False, True])
 @pytest.mark.parametrize("fused", [True, False])
-def test_the_exported_attention_computes_what_torch_does(tmp_path: Path, heads_removed: bool, fused: bool) -> None:
+def test_the_exported_attention_computes_what_torch_does(
+    tmp_path: Path, heads_removed: bool, fused: bool
+) -> None:
     model = _gpt(heads_removed)
     graph = graphs_of(model, 3, fused_attention=fused)[0]
     path = export_graph(graph, tmp_path / "model.onnx", 17)
     ops = collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
     assert uses_fused_attention(path) == fused
     assert (ops["Attention"], ops["Softmax"]) == ((2, 0) if fused else (0, 2))
-    tokens = torch.randint(len(VOCAB), (3, 11))  # a shorter window than the example: the sequence axis is dynamic
+    tokens = torch.randint(
+        len(VOCAB), (3, 11)
+    )  # a shorter window than the example: the sequence axis is dynamic
     with torch.no_grad():
         expected = model.net(tokens).numpy()
     got = open_session(path).run(None, {"tokens": tokens.numpy()})[0]

@@ -15,7 +15,7 @@ from torch import nn
 from genexp.deploy.onnx_conv import LatentProjection, project_latent
 from genexp.deploy.onnx_export import Graph, export_graph
 from genexp.deploy.onnx_runtime import open_session
-from genexp.models.gan import Generator
+from genexp.models.dcgan import Generator
 
 
 def _generator(channels: int, affine: bool = True) -> Generator:
@@ -34,7 +34,9 @@ def _generator(channels: int, affine: bool = True) -> Generator:
 
 
 @pytest.mark.parametrize("channels,affine", [(8, True), (6, False)])
-def test_the_first_layer_becomes_one_gemm_with_the_same_output(tmp_path: Path, channels: int, affine: bool) -> None:
+def test_the_first_layer_becomes_one_gemm_with_the_same_output(
+    tmp_path: Path, channels: int, affine: bool
+) -> None:
     gen = _generator(channels, affine)
     copied = copy.deepcopy(gen)
     assert project_latent(copied)
@@ -43,9 +45,16 @@ def test_the_first_layer_becomes_one_gemm_with_the_same_output(tmp_path: Path, c
     with torch.no_grad():
         expected = gen(z)
         assert torch.allclose(copied(z), expected, atol=1e-5)
-    path = export_graph(Graph("model", copied, (z,), ["z"], ["images"], {"z": {0: "batch"}, "images": {0: "batch"}}), tmp_path / "g.onnx", 17)
+    path = export_graph(
+        Graph("model", copied, (z,), ["z"], ["images"], {"z": {0: "batch"}, "images": {0: "batch"}}),
+        tmp_path / "g.onnx",
+        17,
+    )
     ops = collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
-    assert ops["Gemm"] == 1 and ops["ConvTranspose"] == sum(isinstance(m, nn.ConvTranspose2d) for m in gen.modules()) - 1
+    assert (
+        ops["Gemm"] == 1
+        and ops["ConvTranspose"] == sum(isinstance(m, nn.ConvTranspose2d) for m in gen.modules()) - 1
+    )
     z3 = torch.randn(3, 12)  # another batch size than exported
     got = open_session(path).run(None, {"z": z3.numpy()})[0]
     with torch.no_grad():

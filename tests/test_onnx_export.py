@@ -18,22 +18,46 @@ from hydra.core.global_hydra import GlobalHydra
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from conftest import CONF, FAST, REPO, run_cli
-from genexp.rebuild import load_any
+from genexp.checkpoints.rebuild import load_any
 
 pytestmark = pytest.mark.xdist_group("onnx_export")  # one worker builds the module's shared runs
 
 PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}
-TEXT = ("ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\nO Romeo, Romeo, wherefore art thou?\n") * 40
+TEXT = (
+    "ROMEO:\nBut soft, what light through yonder window breaks?\nJULIET:\nO Romeo, Romeo, wherefore art thou?\n"
+) * 40
 RUNS = {
     "vae": ["model.latent_dim=4", "model.hidden_channels=8"],
     "gan": ["model=gan", "model.g_channels=8", "model.d_channels=8", "model.ema_decay=0.9"],
-    "gpt": ["model=gpt", "data=text", "model.n_layer=1", "model.n_embd=32", "model.n_head=4", "data.block_size=16",
-            "data.batches_per_epoch=3", "data.val_batches=2"],
-    "diffusion": ["model=diffusion", "model.channels=8", "model.channel_mults=[1,2]", "model.sample_steps=4",
-                  "model.num_samples=4", "data.image_size=8", "data.batch_size=16"],
+    "gpt": [
+        "model=gpt",
+        "data=text",
+        "model.n_layer=1",
+        "model.n_embd=32",
+        "model.n_head=4",
+        "data.block_size=16",
+        "data.batches_per_epoch=3",
+        "data.val_batches=2",
+    ],
+    "diffusion": [
+        "model=diffusion",
+        "model.channels=8",
+        "model.channel_mults=[1,2]",
+        "model.sample_steps=4",
+        "model.num_samples=4",
+        "data.image_size=8",
+        "data.batch_size=16",
+    ],
 }
-EXPORT_FAST = ["callbacks.sample_quality=null", "report.repeats=4", "report.rounds=2", "report.warmup=1",
-               "trainer.limit_test_batches=2", "trainer.enable_progress_bar=false", "calibration_batches=2"]
+EXPORT_FAST = [
+    "callbacks.sample_quality=null",
+    "report.repeats=4",
+    "report.rounds=2",
+    "report.warmup=1",
+    "trainer.limit_test_batches=2",
+    "trainer.enable_progress_bar=false",
+    "calibration_batches=2",
+]
 
 
 def compose_cfg(config_name: str, overrides: list[str], out: Path) -> DictConfig:
@@ -66,7 +90,11 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         OmegaConf.save(cfg, run / ".hydra" / "config.yaml")  # what genexp-train's Hydra writes
         train(cfg)
         measure = "measure=true" if name in ("gpt", "diffusion") else "measure=false"
-        export(compose_cfg("export", [f"target={run}", "quantize=int8", measure, *EXPORT_FAST], root / f"x_{name}"))
+        export(
+            compose_cfg(
+                "export", [f"target={run}", "quantize=int8", measure, *EXPORT_FAST], root / f"x_{name}"
+            )
+        )
         out[name] = run
     return out
 
@@ -151,7 +179,11 @@ def test_deploy_doc_snippets_run_with_onnxruntime_and_numpy_alone(
         "assert not leaked, leaked\nprint('STANDALONE OK')\n"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        [sys.executable, "-c", code],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
         env={"PATH": "/usr/bin:/bin", "OMP_WAIT_POLICY": "PASSIVE", "HOME": str(tmp_path)},
     )
     assert result.returncode == 0 and "STANDALONE OK" in result.stdout, result.stderr[-2000:]
@@ -169,7 +201,11 @@ def _numpy_ddim(session: ort.InferenceSession, usage: dict, z: np.ndarray) -> np
     for k in range(steps):
         t = np.full(len(z), grid["t"][k], dtype=np.float32)
         out = session.run(None, {"z_t": z, "t": t})[0]
-        x = np.clip(alpha[k] * z - sigma[k] * out if usage["prediction"] == "v" else (z - sigma[k] * out) / alpha[k], -1, 1)
+        x = np.clip(
+            alpha[k] * z - sigma[k] * out if usage["prediction"] == "v" else (z - sigma[k] * out) / alpha[k],
+            -1,
+            1,
+        )
         z = (alpha[k + 1] * x + sigma[k + 1] * (z - alpha[k] * x) / sigma[k]).astype(np.float32)
     return (x + 1) / 2
 
@@ -194,11 +230,17 @@ def test_numpy_ddim_on_the_diffusion_graph_matches_the_models_own_sampler(runs: 
     assert np.allclose(usage["schedule"]["grid"]["alpha"], a.flatten().numpy(), atol=1e-7)
     assert np.allclose(usage["schedule"]["grid"]["sigma"], s.flatten().numpy(), atol=1e-7)
     expected = model.sample(6, seed=7).numpy()
-    noise = torch.randn((6, *model.image_shape), generator=torch.Generator().manual_seed(7)).numpy()  # sample()'s
+    noise = torch.randn(
+        (6, *model.image_shape), generator=torch.Generator().manual_seed(7)
+    ).numpy()  # sample()'s
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     got = _numpy_ddim(session, usage, noise)
     assert got.shape == expected.shape and np.abs(got - expected).max() < 1e-3
-    int8 = _numpy_ddim(ort.InferenceSession(str(folder / "model.int8.onnx"), providers=["CPUExecutionProvider"]), usage, noise)
+    int8 = _numpy_ddim(
+        ort.InferenceSession(str(folder / "model.int8.onnx"), providers=["CPUExecutionProvider"]),
+        usage,
+        noise,
+    )
     assert np.isfinite(int8).all() and 0 <= int8.min() and int8.max() <= 1
 
 
@@ -233,19 +275,39 @@ def test_the_diffusion_graph_is_measured_through_onnxruntime(runs: dict[str, Pat
 
 def test_eval_measures_an_onnx_graph_like_a_checkpoint(runs: dict[str, Path], tmp_path: Path) -> None:
     graph = runs["gpt"] / "export" / "model.int8.onnx"
-    args = ["callbacks.sample_quality=null", "report.repeats=4", "report.rounds=2", "trainer.limit_test_batches=2",
-            "trainer.enable_progress_bar=false"]
-    result = run_cli([f"target={graph}", *args, "hydra.run.dir=eval"], tmp_path, "genexp.evaluate", env=PASSIVE)
+    args = [
+        "callbacks.sample_quality=null",
+        "report.repeats=4",
+        "report.rounds=2",
+        "trainer.limit_test_batches=2",
+        "trainer.enable_progress_bar=false",
+    ]
+    result = run_cli(
+        [f"target={graph}", *args, "hydra.run.dir=eval"], tmp_path, "genexp.evaluate", env=PASSIVE
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     row = json.loads((tmp_path / "eval" / "report.json").read_text())
-    for key in ("quality", "latency_ms", "throughput_per_s", "bytes", "params", "nonzero", "batch_size", "threads"):
+    for key in (
+        "quality",
+        "latency_ms",
+        "throughput_per_s",
+        "bytes",
+        "params",
+        "nonzero",
+        "batch_size",
+        "threads",
+    ):
         assert key in row, key
     assert row["kind"] == "onnx" and row["backend"] == "onnxruntime" and row["quantize"] == "onnxruntime int8"
     assert row["bytes"] == graph.stat().st_size
-    assert row["omp_wait_policy"] == "PASSIVE"  # it slows torch eager, not ORT: the report says so beside the figure
+    assert (
+        row["omp_wait_policy"] == "PASSIVE"
+    )  # it slows torch eager, not ORT: the report says so beside the figure
     assert "OMP_WAIT_POLICY=PASSIVE" in (tmp_path / "eval" / "report.md").read_text()
     info = json.loads((graph.parent / "model.json").read_text())
-    assert row["quality"] == pytest.approx(info["quality"]["int8"]["test/loss"], rel=1e-6)  # same split, same graph
+    assert row["quality"] == pytest.approx(
+        info["quality"]["int8"]["test/loss"], rel=1e-6
+    )  # same split, same graph
     assert {r["backend"] for r in row["latency_backends"]["rows"]} >= {"torch fp32 eager", "onnxruntime int8"}
 
 
@@ -253,11 +315,17 @@ def test_compare_mixes_torch_and_onnx_rows(runs: dict[str, Path], tmp_path: Path
     from genexp.report.compare import compare_runs
     from genexp.report.measure_run import SpeedSettings
 
-    cfg = compose_cfg("eval", ["trainer.limit_test_batches=2", "trainer.enable_progress_bar=false",
-                               "trainer.accelerator=cpu"], tmp_path / "c")
+    cfg = compose_cfg(
+        "eval",
+        ["trainer.limit_test_batches=2", "trainer.enable_progress_bar=false", "trainer.accelerator=cpu"],
+        tmp_path / "c",
+    )
     export = runs["gpt"] / "export"
     summary = compare_runs(
-        [runs["gpt"], export / "model.onnx", export / "model.int8.onnx"], tmp_path / "c", cfg.trainer, list,
+        [runs["gpt"], export / "model.onnx", export / "model.int8.onnx"],
+        tmp_path / "c",
+        cfg.trainer,
+        list,
         SpeedSettings(repeats=4, rounds=2, warmup=1),
     )
     rows = {r["short"]: r for r in summary["runs"]}
@@ -295,7 +363,9 @@ def test_bad_onnx_files_are_refused_by_eval(runs: dict[str, Path], tmp_path: Pat
         (["fused_attention=maybe"], "fused_attention='maybe': expected true or false"),
     ],
 )
-def test_bad_export_settings_change_nothing(runs: dict[str, Path], tmp_path: Path, capsys, overrides, words) -> None:
+def test_bad_export_settings_change_nothing(
+    runs: dict[str, Path], tmp_path: Path, capsys, overrides, words
+) -> None:
     from genexp.export import export
 
     before = _snapshot(runs["vae"])
@@ -316,19 +386,3 @@ def test_a_run_folder_without_checkpoints_is_refused(runs: dict[str, Path], tmp_
         export(compose_cfg("export", [f"target={broken}"], tmp_path / "x"))
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"genexp: error: target={broken}: no checkpoint in") and _snapshot(broken) == before
-
-
-def test_quantize_backend_onnxruntime_exports_the_int8_graph_at_fit_end(tmp_path: Path) -> None:
-    from genexp.train import train
-
-    run = tmp_path / "run"
-    overrides = [*FAST, *RUNS["vae"], "model.sample_every_n_epochs=0", "logger=csv", "test=false",
-                 "compression=[quantize]", "compression.quantize.backend=onnxruntime",
-                 "compression.quantize.latency_repeats=2"]
-    train(compose_cfg("train", overrides, run))
-    report = json.loads((run / "compression.json").read_text())["quantize"]
-    assert report["backend"] == "onnxruntime" and report["export"] == "export"
-    assert (run / "export" / "model.int8.onnx").is_file() and not (run / "quantized").exists()
-    info = json.loads((run / "export" / "model.json").read_text())
-    assert info["graphs"]["model.int8.onnx"]["quantization"]["method"] == "static QDQ"
-    assert {r["backend"] for r in info["latency"]["rows"]} == {"torch fp32 eager", "onnxruntime fp32", "onnxruntime int8"}

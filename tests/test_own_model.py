@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 from genexp.models.base import GenerativeModule
 
 
@@ -74,7 +74,9 @@ def user_project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     return tmp_path / "myconf", {"PYTHONPATH": str(tmp_path / "lib")}
 
 
-def test_own_model_trains_resumes_compresses_and_is_trusted_only_when_asked(cli, tmp_path, user_project) -> None:
+def test_own_model_trains_resumes_compresses_and_is_trusted_only_when_asked(
+    cli, tmp_path, user_project
+) -> None:
     conf, env = user_project
     base = ["--config-dir", str(conf), "model=tiny", *FAST, "callbacks.model_summary=null"]
     first = cli([*base, "compression=[prune]", "compression.prune.final_sparsity=0.5"], env=env)
@@ -109,3 +111,46 @@ def test_own_model_bad_value_gets_its_config_path(cli, user_project) -> None:
 def test_trust_values_are_checked(cli) -> None:
     bad = cli(["target=nowhere", "trust=[1bad]"], module="genexp.evaluate")
     assert bad.returncode == 2 and "trust=" in bad.stderr and "module prefixes" in bad.stderr
+
+
+def test_own_model_exports_to_onnx_and_is_measured_there(cli, tmp_path, user_project) -> None:
+    """The export registry's default: a model nobody registered ships its deployable() on its example_input(),
+    runs in ONNX Runtime, and genexp-eval measures the graph like a built-in family's."""
+    import json
+
+    conf, env = user_project
+    trained = cli(["--config-dir", str(conf), "model=tiny", *FAST, "callbacks.model_summary=null"], env=env)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    (run,) = run_dirs(tmp_path)
+
+    exported = cli(
+        [
+            f"target={run}",
+            "trust=[mypkg.]",
+            "quantize=int8",
+            "calibration_batches=1",
+            "batch_size=4",
+            "report.repeats=2",
+            "report.rounds=1",
+            "report.warmup=1",
+        ],
+        module="genexp.export",
+        env=env,
+    )
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    info = json.loads((run / "export" / "model.json").read_text())
+    assert info["model"] == "TinyAE" and info["family"] == "tinyae"
+    assert info["graphs"]["model.onnx"]["inputs"][0]["name"] == "input"
+    assert set(info["graphs"]) == {"model.onnx", "model.int8.onnx"}
+    assert info["usage"]["kind"] == "deployable"
+    assert set(info["quality"]) == {"torch", "fp32", "int8"}
+    torch_loss, onnx_loss = info["quality"]["torch"]["test/loss"], info["quality"]["fp32"]["test/loss"]
+    assert abs(torch_loss - onnx_loss) < 1e-4 * max(1.0, abs(torch_loss))
+
+    measured = cli(
+        [f"target={run / 'export' / 'model.onnx'}", "trust=[mypkg.]"], module="genexp.evaluate", env=env
+    )
+    assert measured.returncode == 0, measured.stderr[-3000:]
+    (report,) = [p for p in run_dirs(tmp_path, "eval") if (p / "report.json").is_file()]
+    text = (report / "report.json").read_text()
+    assert '"model": "TinyAE"' in text and "onnxruntime" in text

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from genexp.compression.prune import PruningCallback
 from genexp.compression.targets import find_targets
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 
 
 class Tiny(L.LightningModule):

@@ -15,12 +15,13 @@ from lightning.pytorch import Callback
 from omegaconf import OmegaConf
 
 from conftest import FAST, REPO, run_cli
-from genexp.build import build_callbacks, build_datamodule, build_model, build_trainer
+from genexp.checkpoints.rebuild import load_deployable
 from genexp.compression.prune import PruningCallback
 from genexp.compression.quantize import QuantizationCallback
 from genexp.deploy.layers import Int8WeightConv
-from genexp.errors import ConfigError
-from genexp.rebuild import load_deployable
+from genexp.runtime.build import build_callbacks, build_datamodule, build_model, build_trainer
+from genexp.runtime.errors import ConfigError
+from test_onnx_export import RUNS, compose_cfg
 
 VAE_FAST = [
     *FAST,
@@ -91,7 +92,7 @@ def test_qat_fake_quant_from_start_epoch_and_artifact_round_trips_in_a_fresh_pro
     script = textwrap.dedent(
         f"""
         import sys, torch
-        from genexp.rebuild import load_deployable
+        from genexp.checkpoints.rebuild import load_deployable
         net = load_deployable({str(run / "quantized")!r})
         ref = torch.load({str(tmp_path / "ref.pt")!r})
         with torch.no_grad():
@@ -199,3 +200,30 @@ def test_unsupported_scheme_fails_before_training_through_the_cli(tmp_path):
     assert "compression.quantize.scheme='int4_weight_only'" in done.stderr
     assert "CPU" in done.stderr and "Traceback" not in done.stderr
     assert not list(tmp_path.rglob("*.ckpt"))  # nothing trained
+
+
+def test_quantize_backend_onnxruntime_exports_the_int8_graph_at_fit_end(tmp_path: Path) -> None:
+    from genexp.train import train
+
+    run = tmp_path / "run"
+    overrides = [
+        *FAST,
+        *RUNS["vae"],
+        "model.sample_every_n_epochs=0",
+        "logger=csv",
+        "test=false",
+        "compression=[quantize]",
+        "compression.quantize.backend=onnxruntime",
+        "compression.quantize.latency_repeats=2",
+    ]
+    train(compose_cfg("train", overrides, run))
+    report = json.loads((run / "compression.json").read_text())["quantize"]
+    assert report["backend"] == "onnxruntime" and report["export"] == "export"
+    assert (run / "export" / "model.int8.onnx").is_file() and not (run / "quantized").exists()
+    info = json.loads((run / "export" / "model.json").read_text())
+    assert info["graphs"]["model.int8.onnx"]["quantization"]["method"] == "static QDQ"
+    assert {r["backend"] for r in info["latency"]["rows"]} == {
+        "torch fp32 eager",
+        "onnxruntime fp32",
+        "onnxruntime int8",
+    }

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from conftest import FAST, REPO, run_cli, run_dirs
-from genexp.errors import CheckpointError
-from genexp.rebuild import load_checkpoint, saved_config
+from genexp.checkpoints.rebuild import load_checkpoint, saved_config
+from genexp.runtime.errors import CheckpointError
 
 PRUNE = [
     "compression=[prune]",

@@ -13,15 +13,15 @@ from pathlib import Path
 import pytest
 
 from conftest import FAST, run_cli
+from genexp.checkpoints.rebuild import load_any
 from genexp.deploy.artifact import read_artifact
 from genexp.deploy.costs import measure
 from genexp.deploy.sparse_format import serialized_bytes
-from genexp.errors import GenexpError
-from genexp.rebuild import load_any
 from genexp.report.compare import compare_runs
 from genexp.report.family import compression_of
 from genexp.report.measure_run import SpeedSettings
 from genexp.report.pareto import frontier
+from genexp.runtime.errors import GenexpError
 
 pytestmark = pytest.mark.xdist_group("report")  # one worker builds the module's shared runs
 
@@ -52,7 +52,9 @@ EVAL_FAST = [
     "trainer.enable_model_summary=false",
 ]
 
-PASSIVE = {"OMP_WAIT_POLICY": "PASSIVE"}  # steadier latency on a shared CPU (see docs/results.md, the GPT section)
+PASSIVE = {
+    "OMP_WAIT_POLICY": "PASSIVE"
+}  # steadier latency on a shared CPU (see docs/results.md, the GPT section)
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +155,7 @@ def test_report_agrees_with_compression_json_and_a_fresh_measurement(
 
 def fresh_latencies(run: Path, batch_size: int) -> list[float]:
     code = (
-        "import sys; from genexp.rebuild import load_any; from genexp.report.measure_run import example_of;"
+        "import sys; from genexp.checkpoints.rebuild import load_any; from genexp.report.measure_run import example_of;"
         "from genexp.deploy.latency import cpu_latency_ms; loaded = load_any(sys.argv[1]);"
         f"x = example_of(loaded, {batch_size});"
         "print([cpu_latency_ms(loaded.model.deployable(), x, repeats=20) for _ in range(3)])"
@@ -331,7 +333,13 @@ def test_only_compressed_rows_are_flagged_slower_than_their_dense_baseline() -> 
     from genexp.report.compare import flag_slower
 
     def row(dense: bool, median: float, p10: float, p90: float) -> dict:
-        return {"dense": dense, "backend": "torch", "latency_ms": median, "latency_p10_ms": p10, "latency_p90_ms": p90}
+        return {
+            "dense": dense,
+            "backend": "torch",
+            "latency_ms": median,
+            "latency_p10_ms": p10,
+            "latency_p90_ms": p90,
+        }
 
     rows = [
         row(True, 1.00, 0.95, 1.05),
@@ -351,20 +359,52 @@ def test_identical_networks_time_inside_a_noise_band_that_the_report_marks() -> 
     from genexp.report.tables import compare_columns, latency_noise_note
 
     def row(name: str, params: int, median: float, p10: float, p90: float, baseline: bool = False) -> dict:
-        return {"run": name, "baseline": baseline, "params": params, "nonzero": params, "bytes": 4 * params,
-                "quality": 1.0, "latency_ms": median, "latency_p10_ms": p10, "latency_p90_ms": p90,
-                "family": "vae", "quality_metric": "test/nelbo", "metrics": {}, "backend": "torch"}
+        return {
+            "run": name,
+            "baseline": baseline,
+            "params": params,
+            "nonzero": params,
+            "bytes": 4 * params,
+            "quality": 1.0,
+            "latency_ms": median,
+            "latency_p10_ms": p10,
+            "latency_p90_ms": p90,
+            "family": "vae",
+            "quality_metric": "test/nelbo",
+            "metrics": {},
+            "backend": "torch",
+        }
 
-    rows = [row("adam", 100, 1.0, 0.9, 1.2, baseline=True), row("sgd", 100, 1.6, 1.1, 1.7),
-            row("pruned", 40, 0.5, 0.45, 0.55), row("pruned_noisy", 40, 1.5, 1.3, 1.8)]
+    rows = [
+        row("adam", 100, 1.0, 0.9, 1.2, baseline=True),
+        row("sgd", 100, 1.6, 1.1, 1.7),
+        row("pruned", 40, 0.5, 0.45, 0.55),
+        row("pruned_noisy", 40, 1.5, 1.3, 1.8),
+    ]
     noise = mark_latency_noise(rows, mark_baseline(rows))
     assert noise == {"low": pytest.approx(0.9), "high": pytest.approx(1.7), "identical_runs": 2}
     assert rows[1]["latency_ratio"] == pytest.approx(1.6) and rows[1]["latency_in_noise"]
     assert not rows[2]["latency_in_noise"] and rows[3]["latency_in_noise"]
     assert rows[2]["latency_ratio_p10_p90"] == [pytest.approx(0.45), pytest.approx(0.55)]
     for r in rows:
-        r.update(is_baseline=r["baseline"], rank=1, compression="x", bytes_ratio=1.0, throughput_per_s=1.0, batch_size=8)
-    cells = {r["run"]: get(r) for r in rows for header, get in compare_columns(rows) if header.startswith("x base [")}
-    assert cells == {"adam": "1.000 [0.90-1.20]", "sgd": "1.600 [1.10-1.70] ~", "pruned": "0.500 [0.45-0.55]",
-                     "pruned_noisy": "1.500 [1.30-1.80] ~"}
+        r.update(
+            is_baseline=r["baseline"],
+            rank=1,
+            compression="x",
+            bytes_ratio=1.0,
+            throughput_per_s=1.0,
+            batch_size=8,
+        )
+    cells = {
+        r["run"]: get(r)
+        for r in rows
+        for header, get in compare_columns(rows)
+        if header.startswith("x base [")
+    }
+    assert cells == {
+        "adam": "1.000 [0.90-1.20]",
+        "sgd": "1.600 [1.10-1.70] ~",
+        "pruned": "0.500 [0.45-0.55]",
+        "pruned_noisy": "1.500 [1.30-1.80] ~",
+    }
     assert "span 0.90-1.70x" in latency_noise_note(noise) and "timing noise" in latency_noise_note(noise)

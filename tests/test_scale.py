@@ -12,10 +12,10 @@ import torch
 import yaml
 
 from conftest import FAST, run_dirs
-from genexp.distributed import relaunch_argv
-from genexp.errors import ConfigError, GenexpError
+from genexp.checks.run import validate_train_config
+from genexp.runtime.distributed import relaunch_argv
+from genexp.runtime.errors import ConfigError, GenexpError
 from genexp.train import _optimized_value, train
-from genexp.validation import validate_train_config
 from rank_probe import probe_overrides, read_probes
 
 TESTS = Path(__file__).resolve().parent
@@ -225,15 +225,17 @@ def test_config_error_survives_pickling() -> None:
 
 
 @pytest.mark.parametrize("flags,warned", [(["avx2"], True), (["avx2", "avx512f", "avx512_bf16"], False)])
-def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(monkeypatch, caplog, flags, warned) -> None:
+def test_bf16_on_a_cpu_without_bf16_units_warns_that_it_is_emulated(
+    monkeypatch, caplog, flags, warned
+) -> None:
     from omegaconf import OmegaConf
 
-    from genexp import validation
+    from genexp.checks import run as validation
     from genexp.deploy import latency
 
     monkeypatch.setattr(latency, "cpu_flags", lambda: flags)
     monkeypatch.setattr(validation, "_cuda_devices", lambda: 0)
     cfg = OmegaConf.create({"trainer": {"accelerator": "cpu", "precision": "bf16-mixed", "devices": 1}})
-    with caplog.at_level("WARNING", logger="genexp.validation"):
+    with caplog.at_level("WARNING", logger="genexp.checks.run"):
         validation.check_hardware(cfg)
     assert ("bf16 is emulated" in caplog.text) is warned

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from genexp.compression.schedule import CompressionSchedule
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 
 
 def zhu_gupta(t: int, t0: int, t_end: int, si: float, sf: float) -> float:

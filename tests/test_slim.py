@@ -1,12 +1,22 @@
-"""compression.slim: pruned channels are physically removed only where the function stays exactly the same."""
+"""benchmarks/_slim.py (the prune_tradeoff benchmark's helper): pruned channels are physically removed only where the function stays exactly the same."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from genexp.compression.prune import PruningCallback
-from genexp.compression.slim import slim
+
+_SPEC = importlib.util.spec_from_file_location(
+    "_slim", Path(__file__).resolve().parents[1] / "benchmarks" / "_slim.py"
+)
+assert _SPEC is not None and _SPEC.loader is not None
+_SLIM = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(_SLIM)
+slim = _SLIM.slim
 
 
 def chain(act: type[nn.Module] = nn.ReLU) -> nn.Sequential:

@@ -93,9 +93,18 @@ def test_unknown_partition_is_named(cli, tmp_path: Path) -> None:
 
 def test_gpu_preset_asks_no_gpus_for_cpu_devices(cli, tmp_path: Path) -> None:
     """hydra/launcher=slurm with trainer=ddp_cpu derives gpus_per_node from the accelerator: none on CPU."""
-    args = ["-m", "hydra/launcher=slurm", "hydra.launcher.timeout_min=10", "hydra.launcher.mem_gb=1",
-            "hydra.launcher.cpus_per_task=1", "trainer=ddp_cpu", "trainer.devices=1", *FAST,
-            "model.hidden_channels=8", "callbacks.model_summary=null"]
+    args = [
+        "-m",
+        "hydra/launcher=slurm",
+        "hydra.launcher.timeout_min=10",
+        "hydra.launcher.mem_gb=1",
+        "hydra.launcher.cpus_per_task=1",
+        "trainer=ddp_cpu",
+        "trainer.devices=1",
+        *FAST,
+        "model.hidden_channels=8",
+        "callbacks.model_summary=null",
+    ]
     proc = cli(args, timeout=600)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     (sweep,) = (tmp_path / "outputs" / "train" / "multiruns").iterdir()

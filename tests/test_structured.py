@@ -11,11 +11,11 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import FAST
+from genexp.checkpoints.rebuild import load_any
 from genexp.compression.structured import UnitPruner
-from genexp.models.gan import Generator
-from genexp.models.gpt import Transformer
-from genexp.models.vae import VAENet
-from genexp.rebuild import load_any
+from genexp.models.dcgan import Generator
+from genexp.models.transformer import Transformer
+from genexp.models.vae_net import VAENet
 from test_onnx_export import TEXT, compose_cfg
 
 NETS = {
@@ -89,11 +89,24 @@ def test_a_structured_run_resumes_evaluates_quantizes_and_exports(tmp_path: Path
     from genexp.train import train
 
     (tmp_path / "text.txt").write_text(TEXT, encoding="utf-8")
-    base = [*FAST, "model.sample_every_n_epochs=0", "logger=csv", "model=gpt", "data=text",
-            f"data.path={tmp_path / 'text.txt'}", "model.n_layer=2", "model.n_embd=32", "data.block_size=16",
-            "data.batches_per_epoch=3", "data.val_batches=2", "compression=[prune,quantize]",
-            "compression.prune.method=ln_structured", "compression.prune.end_epoch=1",
-            "compression.prune.latency_repeats=0", "compression.quantize.latency_repeats=0"]
+    base = [
+        *FAST,
+        "model.sample_every_n_epochs=0",
+        "logger=csv",
+        "model=gpt",
+        "data=text",
+        f"data.path={tmp_path / 'text.txt'}",
+        "model.n_layer=2",
+        "model.n_embd=32",
+        "data.block_size=16",
+        "data.batches_per_epoch=3",
+        "data.val_batches=2",
+        "compression=[prune,quantize]",
+        "compression.prune.method=ln_structured",
+        "compression.prune.end_epoch=1",
+        "compression.prune.latency_repeats=0",
+        "compression.quantize.latency_repeats=0",
+    ]
 
     def run(name: str, extra: list[str]) -> Path:
         cfg = compose_cfg("train", [*base, *extra], tmp_path / name)
@@ -106,7 +119,9 @@ def test_a_structured_run_resumes_evaluates_quantizes_and_exports(tmp_path: Path
     report = json.loads((first / "compression.json").read_text())
     assert report["removed"] and report["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)
     slim = load_any(first / "checkpoints" / "last.ckpt")
-    dense_params = sum(p.numel() for p in Transformer(slim.model.hparams.vocab_size, 16, 2, 4, 32, 0.0, False).parameters())
+    dense_params = sum(
+        p.numel() for p in Transformer(slim.model.hparams.vocab_size, 16, 2, 4, 32, 0.0, False).parameters()
+    )
     params = sum(p.numel() for p in slim.model.deployable().parameters())
     assert params < 0.8 * dense_params
     artifact = load_any(first / "quantized")  # the torch int8 artifact of the smaller network rebuilds too
@@ -116,7 +131,9 @@ def test_a_structured_run_resumes_evaluates_quantizes_and_exports(tmp_path: Path
 
     resumed = run("resumed", ["trainer.max_epochs=3", f"ckpt_path={first / 'checkpoints' / 'last.ckpt'}"])
     assert json.loads((resumed / "metrics.json").read_text())["val/loss"] > 0
-    info = export(compose_cfg("export", [f"target={resumed}", "measure=false", "calibration_batches=1"], tmp_path / "x"))
+    info = export(
+        compose_cfg("export", [f"target={resumed}", "measure=false", "calibration_batches=1"], tmp_path / "x")
+    )
     assert info["graphs"]["model.onnx"]["params"] < 0.8 * dense_params
 
 
@@ -124,10 +141,25 @@ def test_a_gan_with_an_ema_generator_trains_under_the_gates_and_ships_smaller(tm
     """experiment=gan_digits prunes its EMA generator: the gates' buffers there must not break the EMA update."""
     from genexp.train import train
 
-    cfg = compose_cfg("train", [*FAST, "model=gan", "model.ema_decay=0.9", "model.g_channels=8", "model.d_channels=8",
-                                "model.latent_dim=8", "logger=csv", "trainer.max_epochs=3", "compression=[prune]",
-                                "compression.prune.method=ln_structured", "compression.prune.start_epoch=0",
-                                "compression.prune.end_epoch=1", "compression.prune.latency_repeats=0"], tmp_path / "gan")
+    cfg = compose_cfg(
+        "train",
+        [
+            *FAST,
+            "model=gan",
+            "model.ema_decay=0.9",
+            "model.g_channels=8",
+            "model.d_channels=8",
+            "model.latent_dim=8",
+            "logger=csv",
+            "trainer.max_epochs=3",
+            "compression=[prune]",
+            "compression.prune.method=ln_structured",
+            "compression.prune.start_epoch=0",
+            "compression.prune.end_epoch=1",
+            "compression.prune.latency_repeats=0",
+        ],
+        tmp_path / "gan",
+    )
     train(cfg)  # epoch 2 updates the EMA generator while its channels are gated
     report = json.loads((tmp_path / "gan" / "compression.json").read_text())
     assert report["removed"] and report["achieved_sparsity"] == pytest.approx(0.5, abs=0.01)

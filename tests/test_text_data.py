@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from genexp.data.text import TextDataModule
-from genexp.errors import ConfigError, DataNotFoundError
+from genexp.runtime.errors import ConfigError, DataNotFoundError
 
 CORPUS = "To be, or not to be, that is the question:\nWhether 'tis nobler in the mind to suffer\n" * 20
 
@@ -40,7 +40,9 @@ def test_vocab_split_and_windows(corpus: Path) -> None:
     assert torch.equal(torch.cat([dm.train_data, dm.val_data, dm.test_data]), dm.encode(CORPUS))
     test_windows, val_windows = list(dm.test_dataloader()), list(dm.val_dataloader())
     assert len(test_windows) == 2  # drawn from the test split, not the validation split
-    assert torch.equal(test_windows[0][0][0], dm.test_data[:16]) and torch.equal(val_windows[0][0][0], dm.val_data[:16])
+    assert torch.equal(test_windows[0][0][0], dm.test_data[:16]) and torch.equal(
+        val_windows[0][0][0], dm.val_data[:16]
+    )
 
     batches = list(dm.train_dataloader())
     assert len(batches) == 5 and len(dm.train_dataloader()) == 5
@@ -84,7 +86,9 @@ def test_tiny_file_of_block_size_plus_one(tmp_path: Path) -> None:
 
 
 def test_split_fractions_must_leave_training_text(corpus: Path) -> None:
-    with pytest.raises(ConfigError, match=r"data.test_fraction=0.5: expected a fraction with data.val_fraction"):
+    with pytest.raises(
+        ConfigError, match=r"data.test_fraction=0.5: expected a fraction with data.val_fraction"
+    ):
         make(corpus, val_fraction=0.5, test_fraction=0.5)
 
 

@@ -121,9 +121,14 @@ def test_default_run_leaves_checkpoint_events_and_metrics(cli, tmp_path: Path) -
     assert any(tag.startswith("lr-") for tag in tags["scalars"]), "learning rate is logged"
     assert {"cost/step_ms", "cost/rss_mb"} <= set(tags["scalars"]), "step time and memory are plotted"
     assert (run / "samples.png").is_file()
-    assert metrics["cost/train_batches"] == 8 and 0 < metrics["cost/step_ms_median"] <= metrics["cost/step_ms_p90"]
+    assert (
+        metrics["cost/train_batches"] == 8
+        and 0 < metrics["cost/step_ms_median"] <= metrics["cost/step_ms_p90"]
+    )
     assert metrics["cost/fit_seconds"] > 8 * metrics["cost/step_ms_median"] / 1e3
-    assert metrics["cost/samples_per_s"] > 0 and metrics["cost/peak_rss_mb"] >= metrics["cost/start_rss_mb"] > 50
+    assert (
+        metrics["cost/samples_per_s"] > 0 and metrics["cost/peak_rss_mb"] >= metrics["cost/start_rss_mb"] > 50
+    )
 
 
 def test_cli_overrides_and_cfg_job(cli) -> None:

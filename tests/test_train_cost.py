@@ -16,15 +16,18 @@ import torch
 from omegaconf import open_dict
 
 from conftest import FAST, run_dirs
-from genexp.errors import ConfigError
-from genexp.metrics.cost import TrainingCost, batch_size_of, percentile
-from genexp.models.gpt import GPT, Transformer
+from genexp.callbacks.training_cost import TrainingCost, batch_size_of, percentile
+from genexp.models.gpt import GPT
+from genexp.models.transformer import Transformer
+from genexp.runtime.errors import ConfigError
 from genexp.train import train
 
 QUIET = [*FAST, "logger=csv", "callbacks.model_summary=null", "test=false", "model.num_samples=4"]
 
 
-def _run(compose_train, overrides: list[str], name: str = "run") -> tuple[dict[str, float], list[dict[str, str]]]:
+def _run(
+    compose_train, overrides: list[str], name: str = "run"
+) -> tuple[dict[str, float], list[dict[str, str]]]:
     cfg = compose_train([*QUIET, *overrides])
     with open_dict(cfg):
         cfg.paths.output_dir = str(Path(cfg.paths.output_dir).parent / name)
@@ -38,10 +41,14 @@ def test_time_to_target_and_curve(compose_train) -> None:
     metrics, curve = _run(
         compose_train, ["trainer.max_epochs=3", "target.metric=val/loss", "target.value=1e9"]
     )
-    assert [int(r["step"]) for r in curve] == [3, 6, 9] and {"val/loss", "val/nelbo", "seconds"} <= set(curve[0])
+    assert [int(r["step"]) for r in curve] == [3, 6, 9] and {"val/loss", "val/nelbo", "seconds"} <= set(
+        curve[0]
+    )
     assert metrics["cost/target_step"] == 3  # reached at the first validation
     assert 0 < metrics["cost/target_seconds"] == pytest.approx(float(curve[0]["seconds"]), abs=0.05)
-    missed, _ = _run(compose_train, ["trainer.max_epochs=1", "target.metric=val/loss", "target.value=-1"], "missed")
+    missed, _ = _run(
+        compose_train, ["trainer.max_epochs=1", "target.metric=val/loss", "target.value=-1"], "missed"
+    )
     assert math.isnan(missed["cost/target_step"]) and math.isnan(missed["cost/target_seconds"])
 
 
@@ -62,7 +69,10 @@ def test_bad_target_is_named() -> None:
 
 def test_batch_sizes_and_percentile() -> None:
     assert batch_size_of((torch.zeros(8, 1, 4, 4), torch.zeros(8))) == (8, 0)
-    assert batch_size_of((torch.zeros(3, 64, dtype=torch.long), torch.zeros(3, 64, dtype=torch.long))) == (3, 192)
+    assert batch_size_of((torch.zeros(3, 64, dtype=torch.long), torch.zeros(3, 64, dtype=torch.long))) == (
+        3,
+        192,
+    )
     assert percentile([1.0, 2.0, 3.0, 4.0, 5.0], 0.9) == pytest.approx(4.6)
 
 
@@ -77,13 +87,16 @@ def test_low_bit_optimizer_is_refused_on_the_cpu(cli) -> None:
     "overrides,fused",
     [
         (["trainer.precision=32-true"], True),  # the fused kernel: ~4x faster an AdamW step on the CPU
-        (["trainer.precision=bf16-mixed"], None),  # left to torch: Lightning refuses clipping with a self-unscaling optimizer
+        (
+            ["trainer.precision=bf16-mixed"],
+            None,
+        ),  # left to torch: Lightning refuses clipping with a self-unscaling optimizer
         (["+optimizer.fused=false"], False),  # the config decides when it says
         (["optimizer=rmsprop"], None),  # no fused kernel
     ],
 )
 def test_optimizers_take_the_fused_kernel_where_it_works(compose_train, overrides: list[str], fused) -> None:
-    from genexp.build import build_datamodule, build_model, build_trainer
+    from genexp.runtime.build import build_datamodule, build_model, build_trainer
 
     cfg = compose_train([*QUIET, *overrides, "trainer.gradient_clip_val=1.0", "trainer.max_steps=2"])
     datamodule = build_datamodule(cfg)
@@ -159,8 +172,16 @@ def test_optimizer_study_end_to_end(cli, tmp_path: Path) -> None:
 @pytest.mark.skipif(torch.cuda.is_available(), reason="with a GPU the script runs its 8-minute check")
 def test_gpu_check_says_there_is_no_gpu_and_exits_0(tmp_path: Path) -> None:
     script = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
-    done = subprocess.run([sys.executable, str(script), "--steps", "2"], capture_output=True, text=True,
-                          timeout=300, cwd=tmp_path)
+    done = subprocess.run(
+        [sys.executable, str(script), "--steps", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.strip().splitlines()[-1] == "gpu_check: no CUDA GPU on this machine; nothing to measure (exit 0)"
+    assert (
+        done.stdout.strip().splitlines()[-1]
+        == "gpu_check: no CUDA GPU on this machine; nothing to measure (exit 0)"
+    )
     assert list(tmp_path.iterdir()) == []  # nothing trained, nothing written

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from conftest import FAST, run_dirs
-from genexp.errors import CheckpointError
-from genexp.rebuild import load_deployable
+from genexp.checkpoints.rebuild import load_deployable
+from genexp.runtime.errors import CheckpointError
 
 pytestmark = pytest.mark.slow
 PTQ = ["compression=[quantize]", "compression.quantize.latency_repeats=0", "model.hidden_channels=8"]
@@ -36,14 +36,18 @@ def craft(source: Path, victim: Path, where: str) -> dict:
 
 
 @pytest.mark.parametrize("where", ["model", "model_kwargs"])
-def test_crafted_artifact_is_refused_by_every_loader(cli, artifact_run: Path, tmp_path: Path, where: str) -> None:
+def test_crafted_artifact_is_refused_by_every_loader(
+    cli, artifact_run: Path, tmp_path: Path, where: str
+) -> None:
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")
     folder = tmp_path / "crafted" / "quantized"
     folder.mkdir(parents=True)
     torch.save(craft(artifact_run / "quantized" / "deployable.pt", victim, where), folder / "deployable.pt")
 
-    with pytest.raises(CheckpointError, match=r"deployable.pt.*torch\.save.*expected a callable from genexp\."):
+    with pytest.raises(
+        CheckpointError, match=r"deployable.pt.*torch\.save.*expected a callable from genexp\."
+    ):
         load_deployable(folder)
     for args in ([f"target={folder}"], [f"compare=[{folder}]"]):
         result = cli(args, module="genexp.evaluate")

@@ -19,17 +19,17 @@ import lightning as L
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from rich.console import Console
 
-from genexp.build import build_callbacks, build_loggers
-from genexp.errors import ConfigError, report_errors
+from genexp.checkpoints.rebuild import trust
+from genexp.checks.run import check_trainer
 from genexp.models.base import GenerativeModule
-from genexp.rebuild import trust
 from genexp.report.compare import compare_runs
 from genexp.report.measure_run import SpeedSettings, measure_target
 from genexp.report.onnx_target import load_target
 from genexp.report.tables import print_compare, print_single, single_markdown
-from genexp.run_folder import ensure_fresh, write_json
-from genexp.startup import config_dir, quiet_console
-from genexp.validation import check_trainer
+from genexp.runtime.build import build_callbacks, build_loggers
+from genexp.runtime.errors import ConfigError, report_errors
+from genexp.runtime.run_folder import ensure_fresh, write_json
+from genexp.runtime.startup import config_dir, quiet_console
 
 log = logging.getLogger(__name__)
 MODES = ("target", "ckpt_path", "compare")

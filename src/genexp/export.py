@@ -2,7 +2,7 @@
 
     genexp-export target=outputs/train/runs/<time> quantize=int8      # a run folder, a .ckpt or a torch artifact
 
-Compose -> rebuild the run (``genexp.rebuild.load_any``; a run folder exports its ``checkpoints/last.ckpt``)
+Compose -> rebuild the run (``genexp.checkpoints.rebuild.load_any``; a run folder exports its ``checkpoints/last.ckpt``)
 -> export model.onnx (+ model.int8.onnx) -> measure quality and latency -> model.json, into ``<run>/export/``
 (``export-2/``... when that exists). Bad input stops before anything is written, with one line naming the key.
 """
@@ -21,20 +21,21 @@ from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
 from rich.table import Table
 
-from genexp.build import build_callbacks
-from genexp.checks import boolean
+from genexp.checkpoints.rebuild import Loaded, load_any, trust
+from genexp.checks.run import check_trainer
+from genexp.checks.values import boolean
 from genexp.deploy.onnx_export import check_opset, export_folder
 from genexp.deploy.onnx_package import check_quantize, write_package
 from genexp.deploy.onnx_quantize import int8_scheme
 from genexp.deploy.onnx_runtime import open_session
-from genexp.errors import ConfigError, report_errors
-from genexp.onnx_families import family_of, graphs_of, install_graphs
-from genexp.rebuild import Loaded, find_checkpoint, is_run_folder, load_any
+from genexp.exporters.registry import family_of, graphs_of, install_graphs
 from genexp.report.measure_run import test_quality
 from genexp.report.onnx_target import is_onnx
 from genexp.report.tables import speedup_text
+from genexp.runtime.build import build_callbacks
+from genexp.runtime.errors import ConfigError, report_errors
+from genexp.runtime.run_folder import find_checkpoint, is_run_folder
 from genexp.train import CONFIG_DIR
-from genexp.validation import check_trainer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.target``; returns model.json's contents."""
     check_trainer(cfg)
+    trust(cfg.get("trust"))  # a user's own model: trust=[mypkg.]
     quantize = check_quantize(cfg.get("quantize"))
     scheme = str(cfg.get("int8_scheme", "auto"))
     int8_scheme(scheme)  # a bad value fails here, before anything loads
@@ -64,13 +66,19 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     source = find_checkpoint(path, "target") if path.is_dir() and is_run_folder(path) else path
     data = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
     loaded = load_any(source, key="target", data=data)  # type: ignore[arg-type]
-    family = family_of(loaded.model, loaded.datamodule, fused)  # an unknown family fails before anything is written
+    family = family_of(
+        loaded.model, loaded.datamodule, fused
+    )  # an unknown family fails before anything is written
     base = Path(cfg.out) if cfg.get("out") else (loaded.run_dir or source.parent) / "export"
     folder = export_folder(base)
     L.seed_everything(cfg.seed, workers=True)
 
     def quality(where: Path, variant: str) -> dict[str, float]:
-        measured = loaded if variant == "torch" else dataclasses.replace(loaded, model=_through(loaded, where, variant))
+        measured = (
+            loaded
+            if variant == "torch"
+            else dataclasses.replace(loaded, model=_through(loaded, where, variant))
+        )
         return test_quality(measured, cfg.trainer, build_callbacks(cfg), verbose=False)
 
     origin = {
@@ -139,7 +147,9 @@ def print_export(folder: Path, info: dict[str, Any], console: Console | None = N
             )
         out.print(timing)
     for variant, metrics in (info.get("quality") or {}).items():
-        shown = {k: round(v, 5) for k, v in metrics.items() if k.startswith("test/") and "class_share" not in k}
+        shown = {
+            k: round(v, 5) for k, v in metrics.items() if k.startswith("test/") and "class_share" not in k
+        }
         out.print(f"quality {variant}: {shown}")
 
 

@@ -14,7 +14,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
-from genexp.build import (
+from genexp.callbacks.training_cost import TrainingCost
+from genexp.checkpoints.rebuild import check_resumable, load_checkpoint, trust
+from genexp.checks.run import validate_train_config
+from genexp.runtime.build import (
     build_callbacks,
     build_datamodule,
     build_loggers,
@@ -22,13 +25,10 @@ from genexp.build import (
     build_trainer,
     lr_override,
 )
-from genexp.distributed import job_scope, relaunch_argv
-from genexp.errors import ConfigError, GenexpError, report_errors
-from genexp.metrics.cost import TrainingCost
-from genexp.rebuild import check_resumable, load_checkpoint, trust
-from genexp.run_folder import ensure_fresh, resume_checkpoint, scalar_metrics, write_json
-from genexp.startup import config_dir, quiet_console
-from genexp.validation import validate_train_config
+from genexp.runtime.distributed import job_scope, relaunch_argv
+from genexp.runtime.errors import ConfigError, GenexpError, report_errors
+from genexp.runtime.run_folder import ensure_fresh, resume_checkpoint, scalar_metrics, write_json
+from genexp.runtime.startup import config_dir, quiet_console, tuning_summary
 
 log = logging.getLogger(__name__)
 CONFIG_DIR = config_dir()
@@ -62,6 +62,7 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> f
     trainer = build_trainer(cfg, build_callbacks(cfg), build_loggers(cfg))
 
     log.info("Run folder: %s", output_dir)
+    log.info("Tuning: %s", tuning_summary(cfg))
     if ckpt_path:
         log.info("Resuming from %s", ckpt_path)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -34,11 +34,11 @@ import lightning as L
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from genexp.checks import is_int, is_number
+from genexp.checkpoints.rebuild import load_model
+from genexp.checks.values import is_int, is_number
 from genexp.compression.schedule import CompressionSchedule, last_epoch
-from genexp.errors import ConfigError
 from genexp.models.base import GenerativeModule
-from genexp.rebuild import load_model
+from genexp.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ REFERENCE_PREFIXES = ("val/", "test/", "fid/")  # teacher figures logged once as
 
 
 def load_teacher(path: str | Path, key: str = "compression.distill.teacher") -> GenerativeModule:
-    """Rebuild a frozen, eval-mode teacher from a genexp checkpoint through ``genexp.rebuild`` (its own
+    """Rebuild a frozen, eval-mode teacher from a genexp checkpoint through ``genexp.checkpoints.rebuild`` (its own
     config, trust-checked, and its data module's saved state).
 
     Raises CheckpointError naming ``key`` when the file is missing, not a genexp checkpoint, or its

@@ -1,12 +1,15 @@
 """PruningCallback: gradual, exact, checkpoint-aware pruning of ``deployable()`` along a CompressionSchedule.
 
-Built on ``torch.nn.utils.prune`` (``weight = weight_orig * weight_mask``, so pruned weights stay zero through
-every optimizer step), with masks computed here (``masks.py``): each update keeps exactly
-``round(sparsity * numel)`` zeros among the targets (structured: whole channels). Checkpoints hold *plain*
-weights (any checkpoint loads into an unpruned module) and the masks and schedule position in the callback
-state, re-applied on resume. In DDP rank 0 computes the masks and broadcasts them. At fit end the pruning is
-made permanent (``make_permanent``) and the figures go to ``compression.json`` through ``record_compression``.
-``method=ln_structured`` without ``dim`` is ``prune_units.UnitPruningCallback``: it removes the units.
+One callback, two strategies, chosen by ``choose_strategy`` from the config (no subclass switching):
+
+- ``prune_masks.MaskPruning``: weight masks (``l1_unstructured``, ``random_unstructured``, or ``ln_structured``
+  with an integer ``dim``: whole slices), exact ``round(sparsity * numel)`` zeros, folded at fit end;
+- ``prune_units.UnitPruning``: ``ln_structured`` with ``dim`` null gates whole attention heads, MLP units and
+  conv channels and removes them at fit end, so the network shrinks.
+
+The callback owns what both share: the schedule, the DDP broadcast (rank 0 computes the masks), plain weights
+in checkpoints with the masks and schedule position in the callback state, the per-epoch figures and
+``compression.json`` through ``record_compression``.
 """
 
 from __future__ import annotations
@@ -22,22 +25,28 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
-from torch.nn.utils import prune
 
-from genexp.checks import boolean, int_at_least, is_int, one_of, regexes
-from genexp.compression.masks import global_channels, keep_largest
+from genexp.checks.values import boolean, int_at_least, is_int, one_of, regexes
+from genexp.compression.prune_masks import MaskPruning
+from genexp.compression.prune_units import UnitPruning
 from genexp.compression.schedule import CompressionSchedule, last_epoch
-from genexp.compression.targets import PARAM, deployable_of, example_input_of, find_targets, weight_of
+from genexp.compression.targets import deployable_of, example_input_of
 from genexp.deploy.costs import measure
 from genexp.deploy.sparse_format import folded_state_dict
-from genexp.errors import CheckpointError, ConfigError
-from genexp.run_folder import record_compression
+from genexp.runtime.errors import ConfigError
+from genexp.runtime.run_folder import record_compression
 
 log = logging.getLogger(__name__)
 
 METHODS = ("l1_unstructured", "random_unstructured", "ln_structured")
 SCOPES = ("global", "layer")
 UNBOUNDED_END = 10  # end_epoch null in a fit without max_epochs
+Strategy = MaskPruning | UnitPruning
+
+
+def choose_strategy(method: str, dim: int | None) -> str:
+    """``units`` for ``ln_structured`` without ``dim`` (heads, units and channels removed), else ``masks``."""
+    return "units" if method == "ln_structured" and dim is None else "masks"
 
 
 class PruningCallback(Callback):
@@ -46,8 +55,8 @@ class PruningCallback(Callback):
     Args:
         method: ``l1_unstructured`` (smallest magnitudes), ``random_unstructured`` (seeded, identical on
             every rank) or ``ln_structured``: without ``dim``, whole attention heads, MLP units and conv
-            channels, removed at fit end (``genexp.compression.prune_units.UnitPruningCallback``); with an
-            integer ``dim``, masks of whole slices along it (``dim=0``: output channels of Linear/Conv).
+            channels, removed at fit end (``UnitPruning``); with an integer ``dim``, masks of whole slices
+            along it (``dim=0``: output channels of Linear/Conv).
         scope: ``global`` (one ranking over all targets; structured: norm per element) or ``layer``.
         final_sparsity, initial_sparsity: fractions of the targeted weights pruned at ``end_epoch`` and
             at ``start_epoch`` (in [0, 1)).
@@ -105,8 +114,7 @@ class PruningCallback(Callback):
         self._end_epoch = end_epoch  # None: the fit's last epoch (set in setup, when the trainer is known)
         if final_sparsity < initial_sparsity:
             raise ConfigError(f"{p}.final_sparsity", final_sparsity, f"a fraction >= {p}.initial_sparsity")
-        self.structured = method == "ln_structured"
-        if self.structured and dim is not None and not is_int(dim):
+        if method == "ln_structured" and dim is not None and not is_int(dim):
             raise ConfigError(f"{p}.dim", dim, "null (remove heads, units, channels) or an integer dimension")
         if isinstance(n, str):  # YAML: fro, inf
             n = {"fro": 2.0, "inf": math.inf}.get(n.lower(), n)
@@ -115,47 +123,31 @@ class PruningCallback(Callback):
         boolean(f"{p}.make_permanent", make_permanent)
         int_at_least(f"{p}.latency_batch_size", latency_batch_size, 1)
         int_at_least(f"{p}.latency_repeats", latency_repeats, 0)
-        self.method, self.scope, self.dim, self.n = method, scope, dim, float(n)
-        self.include = regexes(f"{p}.include", include)
-        self.exclude = regexes(f"{p}.exclude", exclude)
-        self.make_permanent, self.seed, self.key_prefix = make_permanent, int(seed), p
+        self.method, self.scope, self.key_prefix = method, scope, p
+        self.make_permanent = make_permanent
         self.latency_batch_size, self.latency_repeats = latency_batch_size, latency_repeats
-        self._root: nn.Module | None = None  # the deployable the target names live in
-        self._names: list[str] = []
-        self._fixed: dict[str, nn.Module] = {}  # targets given as modules, outside a fit
+        self.strategy: Strategy
+        if choose_strategy(method, dim) == "units":
+            self.strategy = UnitPruning(scope)
+        else:
+            include_re, exclude_re = regexes(f"{p}.include", include), regexes(f"{p}.exclude", exclude)
+            self.strategy = MaskPruning(method, scope, dim, float(n), include_re, exclude_re, int(seed), p)
         self.sparsity = 0.0  # the scheduled sparsity currently applied
         self.history: list[dict[str, float]] = []
-        self._restored_masks: dict[str, torch.Tensor] | None = None
-        self._hook: Any = None
 
-    def __new__(cls, *args: Any, **kwargs: Any) -> PruningCallback:
-        """``method=ln_structured`` without ``dim`` builds a ``UnitPruningCallback`` (removes units at fit end)."""
-        if cls is PruningCallback and kwargs.get("method") == "ln_structured" and kwargs.get("dim") is None:
-            from genexp.compression.prune_units import UnitPruningCallback
-
-            return super().__new__(UnitPruningCallback)
-        return super().__new__(cls)
+    @property
+    def state_key(self) -> str:
+        """Where checkpoints keep this callback's state (unit pruning was a subclass before, under its name)."""
+        return "UnitPruningCallback" if self.strategy.name == "units" else "PruningCallback"
 
     @property
     def targets(self) -> dict[str, nn.Module]:
-        """The pruned layers by name, resolved in the deployable now (a layer another callback swapped in,
-        such as QAT's fake-quantized Linear, is the target under its name)."""
-        if self._root is None:
-            return dict(self._fixed)
-        return {name: self._root.get_submodule(name) for name in self._names}
+        """The pruned layers by name (the mask strategy's; the unit strategy has none per layer)."""
+        return self.strategy.targets
 
     @targets.setter
     def targets(self, modules: dict[str, nn.Module]) -> None:
-        self._root, self._names, self._fixed = None, list(modules), dict(modules)
-
-    def _attach(self, root: nn.Module) -> None:
-        """Target the default/included layers of ``root`` by name; one hook on ``root`` lets every pruned
-        layer load a plain checkpoint weight."""
-        self._names = list(find_targets(root, self.include, self.exclude, self.key_prefix))
-        self._root, self._fixed = root, {}
-        if self._hook is not None:
-            self._hook.remove()
-        self._hook = root.register_load_state_dict_pre_hook(self._accept_plain_weights)
+        self.strategy.targets = modules
 
     # ----- Lightning hooks -----------------------------------------------------------------------
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -163,17 +155,7 @@ class PruningCallback(Callback):
             last = last_epoch(trainer.max_epochs)
             if self._end_epoch is None and last is not None:  # reach final_sparsity in the last epoch
                 self.schedule = replace(self.schedule, end_epoch=max(last, self.schedule.start_epoch))
-            self._attach(deployable_of(pl_module))
-            if self.structured:
-                for name, module in self.targets.items():
-                    ndim = weight_of(module).dim()
-                    if not -ndim <= self.dim < ndim:
-                        raise ConfigError(
-                            f"{self.key_prefix}.dim",
-                            self.dim,
-                            f"a dimension of {name}.weight (shape {tuple(weight_of(module).shape)})",
-                        )
-            log.info("Pruning %d layers of the deployable: %s", len(self._names), ", ".join(self._names))
+            log.info("Pruning %s", self.strategy.setup(pl_module))
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         last = last_epoch(trainer.max_epochs)
@@ -185,16 +167,7 @@ class PruningCallback(Callback):
             )
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._restored_masks is not None:  # resuming: the loaded weights are plain, re-apply the masks
-            missing = sorted(set(self._restored_masks) - set(self.targets))
-            if missing:
-                raise CheckpointError(
-                    f"ckpt_path: holds pruning masks for {missing}, which are not pruning targets of this "
-                    f"run (check {self.key_prefix}.include/exclude)"
-                )
-            for name, mask in self._restored_masks.items():
-                self._set_mask(name, mask.to(weight_of(self.targets[name]).device))
-            self._restored_masks = None
+        self.strategy.restore()
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
@@ -221,8 +194,7 @@ class PruningCallback(Callback):
         )
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.make_permanent:
-            self.remove_pruning()
+        self.strategy.finish(trainer, pl_module, self.make_permanent)
         if trainer.is_global_zero:
             deployable = deployable_of(pl_module)
             on_cpu = all(p.device.type == "cpu" for p in deployable.parameters())
@@ -240,139 +212,59 @@ class PruningCallback(Callback):
         self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
     ) -> None:
         checkpoint["state_dict"] = folded_state_dict(checkpoint["state_dict"])
+        if isinstance(self.strategy, UnitPruning):
+            self.strategy.on_save_checkpoint(checkpoint)
 
     def state_dict(self) -> dict[str, Any]:
-        return {
-            "sparsity": self.sparsity,
-            "history": list(self.history),
-            "masks": {
-                name: m.weight_mask.detach().bool().cpu()
-                for name, m in self.targets.items()
-                if hasattr(m, PARAM + "_mask")
-            },
-        }
+        return {"sparsity": self.sparsity, "history": list(self.history), **self.strategy.state_dict()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self.sparsity = float(state_dict.get("sparsity", 0.0))
         self.history = list(state_dict.get("history", []))
-        self._restored_masks = dict(state_dict.get("masks", {}))
+        self.strategy.load_state_dict(state_dict)
 
     # ----- masks ---------------------------------------------------------------------------------
-    def current_mask(self, name: str) -> torch.Tensor:
-        module = self.targets[name]
-        mask = getattr(module, PARAM + "_mask", None)
-        return torch.ones_like(weight_of(module), dtype=torch.bool) if mask is None else mask.bool()
-
     def compute_masks(self, sparsity: float, epoch: int) -> dict[str, torch.Tensor]:
-        """New boolean masks (True = kept) giving ``sparsity``; already-pruned weights stay pruned."""
-        if self.structured:
-            return self._structured_masks(sparsity)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-        scores: dict[str, torch.Tensor] = {}
-        for name, module in self.targets.items():
-            weight = weight_of(module).detach()
-            if self.method == "l1_unstructured":
-                score = weight.abs().float().cpu()
-            else:
-                score = torch.rand(weight.shape, generator=generator)
-            scores[name] = score.masked_fill(~self.current_mask(name).cpu(), -math.inf)
-        if self.scope == "layer":
-            return {name: keep_largest(s, round(sparsity * s.numel())) for name, s in scores.items()}
-        flat = torch.cat([s.flatten() for s in scores.values()])
-        keep = keep_largest(flat, round(sparsity * flat.numel()))
-        masks, offset = {}, 0
-        for name, s in scores.items():
-            masks[name] = keep[offset : offset + s.numel()].view(s.shape)
-            offset += s.numel()
-        return masks
-
-    def _structured_masks(self, sparsity: float) -> dict[str, torch.Tensor]:
-        channels: dict[str, torch.Tensor] = {}  # per-slice score; pruned slices -inf
-        for name, module in self.targets.items():
-            weight = (weight_of(module).detach().float() * self.current_mask(name)).cpu().movedim(self.dim, 0)
-            rows = weight.flatten(1)
-            score = torch.linalg.vector_norm(rows, ord=self.n, dim=1)
-            if self.scope == "global" and math.isfinite(self.n):
-                score = score / rows.shape[1] ** (1 / self.n)  # comparable across layers: a power mean
-            alive = self.current_mask(name).cpu().movedim(self.dim, 0).flatten(1).any(1)
-            channels[name] = score.masked_fill(~alive, -math.inf)
-        if self.scope == "layer":
-            kept = {name: keep_largest(s, round(sparsity * s.numel())) for name, s in channels.items()}
-        else:
-            kept = global_channels(channels, {n: weight_of(m).numel() for n, m in self.targets.items()}, sparsity)
-        masks = {}
-        for name, keep in kept.items():
-            shape = [1] * weight_of(self.targets[name]).dim()
-            shape[self.dim] = -1
-            masks[name] = keep.view(shape).expand_as(weight_of(self.targets[name])).cpu().clone()
-        return masks
-
-    def prune_to(self, module: nn.Module, sparsity: float, epoch: int = 0) -> dict[str, nn.Module]:
-        """Prune ``module`` (e.g. a deployable) once to ``sparsity``, outside a Trainer; returns the targets."""
-        self._attach(module)
-        self.apply_masks(self.compute_masks(sparsity, epoch), sparsity, epoch)
-        return self.targets
+        """The strategy's new masks at ``sparsity``; already-pruned weights (or units) stay pruned."""
+        return self.strategy.compute_masks(sparsity, epoch)
 
     def apply_masks(self, masks: dict[str, torch.Tensor], sparsity: float, epoch: int) -> None:
-        """Set the targets' masks (True = kept) and record the step in ``history``."""
-        for name, mask in masks.items():
-            self._set_mask(name, mask.to(weight_of(self.targets[name]).device))
+        """Apply ``masks`` and record the step in ``history``."""
+        self.strategy.apply_masks(masks)
         self.sparsity = sparsity
         self.history.append({"epoch": epoch, "target": sparsity, "sparsity": self.achieved_sparsity()})
 
-    def _set_mask(self, name: str, mask: torch.Tensor) -> None:
-        module = self.targets[name]
-        if not hasattr(module, PARAM + "_mask"):
-            prune.custom_from_mask(module, PARAM, mask)
-        else:
-            module.weight_mask.copy_(mask)
-        with torch.no_grad():
-            module.weight_orig.mul_(module.weight_mask)  # pruned originals are zero too
-            setattr(module, PARAM, module.weight_orig * module.weight_mask)
+    def prune_to(self, module: nn.Module, sparsity: float, epoch: int = 0) -> dict[str, nn.Module]:
+        """Prune ``module`` (e.g. a deployable) once to ``sparsity`` with masks, outside a Trainer; returns
+        the targets."""
+        if not isinstance(self.strategy, MaskPruning):
+            raise ConfigError(
+                f"{self.key_prefix}.dim", None, "an integer dimension to prune a module outside a fit"
+            )
+        self.strategy.attach(module)
+        self.apply_masks(self.compute_masks(sparsity, epoch), sparsity, epoch)
+        return self.targets
 
     def remove_pruning(self) -> None:
-        """Fold the masks into plain ``weight`` parameters (``prune.remove``)."""
-        for module in self.targets.values():
-            if hasattr(module, PARAM + "_mask"):
-                prune.remove(module, PARAM)
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
-
-    def _accept_plain_weights(self, module: nn.Module, state_dict: dict[str, Any], prefix: str, *args: Any) -> None:
-        """Let each pruned target load a plain checkpoint weight: orig = weight, mask = weight != 0."""
-        for name, target in self.targets.items():
-            key = f"{prefix}{name}.{PARAM}"
-            if hasattr(target, PARAM + "_mask") and key in state_dict and key + "_orig" not in state_dict:
-                weight = state_dict.pop(key)
-                state_dict[key + "_orig"] = weight
-                state_dict[key + "_mask"] = (weight != 0).to(target.weight_mask.dtype)
+        """Fold the masks into plain weights."""
+        if isinstance(self.strategy, MaskPruning):
+            self.strategy.remove_pruning()
 
     # ----- numbers -------------------------------------------------------------------------------
     def achieved_sparsity(self) -> float:
-        """Fraction of zeros among the targeted weights, as the module computes them."""
-        total = sum(weight_of(m).numel() for m in self.targets.values())
-        zeros = sum(int((_effective_weight(m) == 0).sum()) for m in self.targets.values())
-        return zeros / total if total else 0.0
+        """Fraction of the targeted weights (mask strategy) or units (unit strategy) that are pruned."""
+        return self.strategy.achieved_sparsity()
 
     def report(self, pl_module: L.LightningModule, epoch: int) -> dict[str, Any]:
         """compression.json: the target ``sparsity``, the deployable's costs and per-layer sparsity
         (its latency is added by ``record_compression``)."""
         numbers = measure(deployable_of(pl_module), repeats=0)
-        layers = {}
-        for name, module in self.targets.items():
-            weight = _effective_weight(module)
-            nonzero = int(torch.count_nonzero(weight))
-            layers[name] = {
-                "params": weight.numel(),
-                "nonzero": nonzero,
-                "sparsity": 1 - nonzero / weight.numel(),
-            }
-        targeted = sum(v["params"] for v in layers.values())
+        figures = self.strategy.report()
+        layers = figures["layers"]
         return {
             "sparsity": self.sparsity,
             "achieved_sparsity": self.achieved_sparsity(),
-            "targeted_params": targeted,
+            "targeted_params": sum(v["params"] for v in layers.values()),
             "targeted_nonzero": sum(v["nonzero"] for v in layers.values()),
             "method": self.method,
             "scope": self.scope,
@@ -387,13 +279,6 @@ class PruningCallback(Callback):
                 "ramp": self.schedule.ramp,
             },
             "history": self.history,
-            "layers": layers,
+            **figures,
             **{f"deployable/{k}": v for k, v in numbers.items()},
         }
-
-
-# ----- helpers ------------------------------------------------------------------------------------
-def _effective_weight(module: nn.Module) -> torch.Tensor:
-    mask = getattr(module, PARAM + "_mask", None)
-    weight = weight_of(module).detach()
-    return weight if mask is None else weight * mask

@@ -1,66 +1,68 @@
-"""UnitPruningCallback: ``compression.prune.method=ln_structured`` (no ``dim``) prunes whole attention heads, MLP
-hidden units and conv channels along the schedule, and removes them at fit end.
+"""UnitPruning: the unit-removing strategy of ``PruningCallback`` (``method=ln_structured``, ``dim`` null).
 
-The same schedule, scopes, checkpointing and DDP broadcast as ``PruningCallback`` (which builds this class for
-that method), with ``genexp.compression.structured.UnitPruner`` in place of weight masks. At fit end the pruned
-units are cut out of the deployable, the new widths are recorded on the model (``genexp_structure``, saved in
-every later checkpoint and torch artifact so that ``genexp.rebuild`` builds the smaller network), and
-``checkpoints/last.ckpt`` is written again from the smaller network (without the optimizer's moments, which
-belonged to the wider tensors; a resumed fit starts them afresh). The test stage then tests that network: a
-best checkpoint saved before the removal no longer fits it. List ``prune`` before ``quantize`` so the torch
-artifact or ONNX export is made from the smaller network.
+Whole attention heads, MLP hidden units and conv channels are gated along the schedule
+(``genexp.compression.structured.UnitPruner``) and removed at fit end: the pruned units are cut out of the
+deployable, the new widths are recorded on the model (``genexp_structure``, saved in every later checkpoint and
+torch artifact so that ``genexp.checkpoints.rebuild`` builds the smaller network), and ``checkpoints/last.ckpt``
+is written again from the smaller network (without the optimizer's moments, which belonged to the wider
+tensors; a resumed fit starts them afresh). The test stage then tests that network: a best checkpoint saved
+before the removal no longer fits it. List ``prune`` before ``quantize`` so the torch artifact or ONNX export is
+made from the smaller network.
 """
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from torch import nn
 
-from genexp.compression.prune import PruningCallback
 from genexp.compression.structured import UnitPruner
 from genexp.compression.targets import deployable_of, example_input_of
+from genexp.runtime.run_folder import LAST_CHECKPOINT
 
-log = logging.getLogger(__name__)
 
+class UnitPruning:
+    """Gates on units, removed at fit end (see the module docstring).
 
-class UnitPruningCallback(PruningCallback):
-    """Structured pruning that shrinks the network (see the module docstring; arguments as ``PruningCallback``)."""
+    Args:
+        scope: ``layer`` (each unit group to the scheduled fraction) or ``global`` (one ranking over all units).
+    """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.units = UnitPruner(self.scope)
-        self._removing = False
+    name = "units"
 
-    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
-        if stage == "fit":
-            source = getattr(pl_module, "trained_source", lambda: None)()
-            self.units.setup(deployable_of(pl_module), example_input_of(pl_module, 2), [source] if source else [])
-            log.info("Structured pruning of %d unit groups: %s", len(self.units.groups), self.units.report())
+    def __init__(self, scope: str) -> None:
+        self.units = UnitPruner(scope)
+        self.removing = False  # re-saving last.ckpt from the smaller network: no optimizer moments
+        self.targets: dict[str, nn.Module] = {}  # units are not per-layer targets (see ``report``)
 
-    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def setup(self, pl_module: nn.Module) -> str:
+        """Find the unit groups of the model's deployable (and the modules that mirror it, such as an EMA copy)."""
+        source = getattr(pl_module, "trained_source", lambda: None)()
+        self.units.setup(deployable_of(pl_module), example_input_of(pl_module, 2), [source] if source else [])
+        return f"{len(self.units.groups)} unit groups: {self.units.report()}"
+
+    def restore(self) -> None:
+        """At train start: re-apply the gates of a resumed fit."""
         self.units.restore()
 
     def compute_masks(self, sparsity: float, epoch: int) -> dict[str, torch.Tensor]:
         """Per unit group, the pruned units (True = pruned) at ``sparsity``."""
         return self.units.masks(sparsity)
 
-    def apply_masks(self, masks: dict[str, torch.Tensor], sparsity: float, epoch: int) -> None:
+    def apply_masks(self, masks: dict[str, torch.Tensor]) -> None:
         self.units.apply(masks)
-        self.sparsity = sparsity
-        self.history.append({"epoch": epoch, "target": sparsity, "sparsity": self.achieved_sparsity()})
 
     def achieved_sparsity(self) -> float:
         """The fraction of heads, units and channels pruned (exact counts)."""
         return self.units.fraction()
 
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def finish(self, trainer: L.Trainer, pl_module: L.LightningModule, make_permanent: bool) -> None:
+        """At fit end: remove the pruned units (always: a gated unit is removed exactly)."""
         if not self.units.removed:
             self.remove_units(trainer, pl_module)
-        super().on_fit_end(trainer, pl_module)
 
     def remove_units(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Cut the pruned units out, record the new widths on the model, re-save ``last.ckpt``."""
@@ -71,31 +73,25 @@ class UnitPruningCallback(PruningCallback):
         pl_module.genexp_structure = record  # type: ignore[assignment]
         checkpoint = trainer.checkpoint_callback
         if trainer.is_global_zero and checkpoint is not None and getattr(checkpoint, "dirpath", None):
-            last = Path(checkpoint.dirpath) / "last.ckpt"
-            partial = last.with_name(".last.ckpt.partial")
-            self._removing = True
+            last = Path(checkpoint.dirpath) / Path(LAST_CHECKPOINT).name
+            partial = last.with_name(f".{last.name}.partial")
+            self.removing = True
             try:
                 trainer.save_checkpoint(partial, weights_only=False)
             finally:
-                self._removing = False
+                self.removing = False
             partial.replace(last)
             checkpoint.best_model_path = str(last)
-        log.info("Removed the pruned units: %s", self.units.report())
 
-    def on_save_checkpoint(
-        self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]
-    ) -> None:
-        super().on_save_checkpoint(trainer, pl_module, checkpoint)
-        if self._removing:  # the moments belong to the wider tensors
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.removing:  # the moments belong to the wider tensors
             checkpoint["optimizer_states"] = []
 
     def state_dict(self) -> dict[str, Any]:
-        return {"sparsity": self.sparsity, "history": list(self.history), **self.units.state_dict()}
+        return self.units.state_dict()
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        self.sparsity = float(state_dict.get("sparsity", 0.0))
-        self.history = list(state_dict.get("history", []))
         self.units.load_state_dict(state_dict)
 
-    def report(self, pl_module: L.LightningModule, epoch: int) -> dict[str, Any]:
-        return {**super().report(pl_module, epoch), "units": self.units.report(), "removed": self.units.removed}
+    def report(self) -> dict[str, Any]:
+        return {"layers": {}, "units": self.units.report(), "removed": self.units.removed}

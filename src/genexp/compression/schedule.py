@@ -21,8 +21,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from genexp.checks import fraction, int_at_least, one_of
-from genexp.errors import ConfigError
+from genexp.checks.values import fraction, int_at_least, one_of
+from genexp.runtime.errors import ConfigError
 
 RAMPS = ("cubic", "linear", "one_shot")
 

@@ -27,7 +27,7 @@ channel groups).
 
 **At fit end** ``remove_units`` cuts the gated units out (heads by genexp, channel groups by torch-pruning's
 ``group.prune``), sets each attention's ``n_head``, and returns the structure record (``n_head`` per attention
-module) that ``genexp.resize`` needs, with the state dict's shapes, to rebuild the smaller network.
+module) that ``genexp.checkpoints.resize`` needs, with the state dict's shapes, to rebuild the smaller network.
 """
 
 from __future__ import annotations
@@ -41,7 +41,15 @@ from torch import nn
 
 from genexp.deploy.layers import is_qkv_attention
 
-LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+LAYERS = (
+    nn.Linear,
+    nn.Conv1d,
+    nn.Conv2d,
+    nn.Conv3d,
+    nn.ConvTranspose1d,
+    nn.ConvTranspose2d,
+    nn.ConvTranspose3d,
+)
 RESIDUAL = (nn.Embedding, nn.LayerNorm)
 
 
@@ -131,7 +139,9 @@ def find_unit_groups(root: nn.Module, example: Any) -> list[UnitGroup]:
     """The head and channel groups of ``root`` (see the module docstring), by name."""
     names = {m: n for n, m in root.named_modules()}
     groups = [
-        UnitGroup(n, "heads", m.n_head, _head_weights(m)) for n, m in root.named_modules() if is_qkv_attention(m)
+        UnitGroup(n, "heads", m.n_head, _head_weights(m))
+        for n, m in root.named_modules()
+        if is_qkv_attention(m)
     ]
     attention = {id(getattr(root.get_submodule(g.name), part)) for g in groups for part in ("qkv", "proj")}
     graph = dependency_graph(root, example)
@@ -274,7 +284,11 @@ def remove_units(root: nn.Module, groups: list[UnitGroup], example: Any) -> dict
         if g.kind == "channels" and g.pruned.any():
             layer = root.get_submodule(g.name)
             graph.get_pruning_group(layer, _handler(layer), g.pruned.nonzero().flatten().tolist()).prune()
-    return {"attributes": {g.name: {"n_head": root.get_submodule(g.name).n_head} for g in groups if g.kind == "heads"}}
+    return {
+        "attributes": {
+            g.name: {"n_head": root.get_submodule(g.name).n_head} for g in groups if g.kind == "heads"
+        }
+    }
 
 
 class UnitPruner:
@@ -341,7 +355,12 @@ class UnitPruner:
 
     def report(self) -> dict[str, Any]:
         return {
-            g.name: {"kind": g.kind, "units": g.size, "pruned": int(g.pruned.sum()), "weights_per_unit": g.weights}
+            g.name: {
+                "kind": g.kind,
+                "units": g.size,
+                "pruned": int(g.pruned.sum()),
+                "weights_per_unit": g.weights,
+            }
             for g in self.groups
         }
 

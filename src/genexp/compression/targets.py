@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from genexp.deploy.layers import CONV_TYPES
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from genexp.errors import DataNotFoundError
+from genexp.runtime.errors import DataNotFoundError
 
 Arrays = tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]
 

@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from genexp.checks import fraction, int_at_least, one_of, positive_int
+from genexp.checks.values import fraction, int_at_least, one_of, positive_int
 from genexp.data.image_files import IMAGE_CHANNELS, NATIVE_SIZE, load_image_arrays
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 
 RESIZE_MODES = ("interpolate", "pad")
 

@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
-from genexp.checks import fraction, positive_int
-from genexp.errors import ConfigError, DataNotFoundError
+from genexp.checks.values import fraction, positive_int
+from genexp.runtime.errors import ConfigError, DataNotFoundError
 
 SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
 
@@ -166,7 +166,9 @@ class TextDataModule(L.LightningDataModule):
         fraction("data.test_fraction", test_fraction, open_low=True)
         if val_fraction + test_fraction >= 1:
             raise ConfigError(
-                "data.test_fraction", test_fraction, f"a fraction with data.val_fraction + it < 1 (val: {val_fraction})"
+                "data.test_fraction",
+                test_fraction,
+                f"a fraction with data.val_fraction + it < 1 (val: {val_fraction})",
             )
         self.save_hyperparameters(logger=False)
         self.name, self.path, self.url, self.download = name, Path(path), url, download

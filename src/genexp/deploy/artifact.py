@@ -10,9 +10,9 @@
 - ``recipe.json``: the same recipe and config, human-readable.
 
 ``read_artifact`` is the one reader (``weights_only=True``); ``install_artifact`` puts its deployable into a
-model that ``genexp.rebuild`` built from the saved config (after the trust check), re-applying the recipe's
+model that ``genexp.checkpoints.rebuild`` built from the saved config (after the trust check), re-applying the recipe's
 module swaps (``layers.restructure``) and assigning the state dict, which gives the outputs of save time.
-``genexp.rebuild.load_deployable(path)`` does both in any process.
+``genexp.checkpoints.rebuild.load_deployable(path)`` does both in any process.
 """
 
 from __future__ import annotations
@@ -24,13 +24,19 @@ from typing import Any
 import torch
 from torch import nn
 
+from genexp.checkpoints.resize import STRUCTURE_KEY, conform
+from genexp.checkpoints.torch_file import load_torch_file
 from genexp.deploy.layers import restructure
 from genexp.deploy.sparse_format import deployable_state_dict, load_sparse_state_dict, sparse_state_dict
-from genexp.errors import CheckpointError, ConfigError, first_line
-from genexp.resize import STRUCTURE_KEY, conform
-from genexp.run_folder import write_json
+from genexp.runtime.errors import CheckpointError, ConfigError, first_line
+from genexp.runtime.run_folder import write_json
 
-ARTIFACT_DIR, ARTIFACT_FILE, CONTEXT_FILE, RECIPE_FILE = "quantized", "deployable.pt", "context.pt", "recipe.json"
+ARTIFACT_DIR, ARTIFACT_FILE, CONTEXT_FILE, RECIPE_FILE = (
+    "quantized",
+    "deployable.pt",
+    "context.pt",
+    "recipe.json",
+)
 FORMAT = "genexp-deployable/2"  # /2: state_dict in the sparse bitmask format
 READABLE_FORMATS = ("genexp-deployable/1", FORMAT)
 
@@ -79,7 +85,7 @@ def save_deployable(
     }
     torch.save(context if attribute else {}, folder / CONTEXT_FILE)
     readable = {k: v for k, v in artifact.items() if k not in ("state_dict", "datamodule")}
-    readable["load"] = "genexp.rebuild.load_deployable(path) or genexp-eval target=<this folder>"
+    readable["load"] = "genexp.checkpoints.rebuild.load_deployable(path) or genexp-eval target=<this folder>"
     write_json(folder / RECIPE_FILE, json.loads(json.dumps(readable, default=str)))
     return folder
 
@@ -109,16 +115,13 @@ def read_artifact(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         raise CheckpointError(
             f"{key}={path}: no {ARTIFACT_FILE} (expected a quantized/ folder written by compression=[quantize])"
         )
-    try:
-        artifact = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001  (any unpickling failure means the same to the user)
-        raise CheckpointError(f"{key}={file}: not a readable deployable artifact: {first_line(err)}") from err
+    artifact = load_torch_file(file, key, "deployable artifact")
     if not isinstance(artifact, dict) or artifact.get("format") not in READABLE_FORMATS:
         raise CheckpointError(f"{key}={file}: not a genexp deployable artifact (format {FORMAT})")
     context = file.parent / CONTEXT_FILE
     artifact["where"] = f"{key}={file}"  # for error messages
     artifact["context_state_dict"] = (
-        torch.load(context, map_location="cpu", weights_only=True) if context.is_file() else {}
+        load_torch_file(context, key, "artifact context") if context.is_file() else {}
     )
     return artifact
 

@@ -70,7 +70,11 @@ def torch_call(module: nn.Module, example: Any) -> Callable[[], Any]:
 
 
 def interleaved_latency(
-    calls: Mapping[str, Callable[[], Any]], repeats: int = 20, warmup: int = 3, rounds: int = 4, settle_s: float = 0.05
+    calls: Mapping[str, Callable[[], Any]],
+    repeats: int = 20,
+    warmup: int = 3,
+    rounds: int = 4,
+    settle_s: float = 0.05,
 ) -> dict[str, dict[str, float]]:
     """ms per call of each entry: ``rounds`` alternating rounds of ``repeats // rounds`` timed calls each, with
     ``settle_s`` idle seconds before each, so that no other entry's thread pool still spins on the cores.
@@ -85,7 +89,9 @@ def interleaved_latency(
             call()
     for _ in range(rounds):
         for name, call in calls.items():
-            time.sleep(settle_s)  # the previous entry's spinning worker threads (OpenMP, ONNX Runtime) go idle
+            time.sleep(
+                settle_s
+            )  # the previous entry's spinning worker threads (OpenMP, ONNX Runtime) go idle
             call()  # one untimed call: the cache now holds this entry's weights, not the previous one's
             for _ in range(per_round):
                 start = time.perf_counter()
@@ -98,7 +104,12 @@ def _summary(values: list[float]) -> dict[str, float]:
     values = sorted(values)
     median = statistics.median(values)
     low, high = values[int(0.1 * (len(values) - 1))], values[int(round(0.9 * (len(values) - 1)))]
-    return {"median_ms": median, "p10_ms": low, "p90_ms": high, "spread": (high - low) / median if median else 0.0}
+    return {
+        "median_ms": median,
+        "p10_ms": low,
+        "p90_ms": high,
+        "spread": (high - low) / median if median else 0.0,
+    }
 
 
 def tokens_per_s(
@@ -147,7 +158,9 @@ def cpu_flags() -> list[str]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
+    flags = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), []
+    )
     return [f for f in wanted if f in flags]
 
 

@@ -31,7 +31,9 @@ class _Attention(torch.autograd.Function):
     """Causal multi-head attention from packed qkv weights; exports as ``com.microsoft::Attention``."""
 
     @staticmethod
-    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n_head: int) -> torch.Tensor:
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, n_head: int
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         width = weight.shape[1] // 3
         q, k, v = (x @ weight + bias).split(width, dim=2)
@@ -43,7 +45,9 @@ class _Attention(torch.autograd.Function):
     def symbolic(g: Any, x: Any, weight: Any, bias: Any, n_head: int) -> Any:
         out = g.op(f"{DOMAIN}::Attention", x, weight, bias, num_heads_i=n_head, unidirectional_i=1)
         sizes = x.type().sizes() or [None, None]
-        out.setType(x.type().with_sizes([*sizes[:2], weight.type().sizes()[1] // 3]))  # (batch, sequence, width)
+        out.setType(
+            x.type().with_sizes([*sizes[:2], weight.type().sizes()[1] // 3])
+        )  # (batch, sequence, width)
         return out
 
 

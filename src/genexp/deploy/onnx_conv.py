@@ -26,7 +26,14 @@ class LatentProjection(nn.Module):
         latent, channels, kh, kw = weight.shape
         if norm is not None:  # torch's own conv+BN fold; transpose: the output channels are dim 1
             weight, bias = fuse_conv_bn_weights(
-                weight, bias, norm.running_mean, norm.running_var, norm.eps, norm.weight, norm.bias, transpose=True
+                weight,
+                bias,
+                norm.running_mean,
+                norm.running_var,
+                norm.eps,
+                norm.weight,
+                norm.bias,
+                transpose=True,
             )
         bias = bias.detach().float() if bias is not None else torch.zeros(channels)
         self.shape = (channels, kh, kw)

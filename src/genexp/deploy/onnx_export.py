@@ -1,6 +1,6 @@
 """The ONNX export of a deployable's graphs: opset checks, a float copy to export, the export itself, what a
 graph file holds (inputs, outputs, weights), and the export folder's name. Which graphs each model family
-ships, and how their outputs become samples, is ``genexp.onnx_families``.
+ships, and how their outputs become samples, is ``genexp.exporters.registry``.
 
 Graphs are written by ``torch.onnx.export`` (the TorchScript exporter: it exports the small genexp
 networks in under a second and needs no onnxscript), with a dynamic batch axis on every input and output,
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from genexp.deploy.layers import Int8WeightConv, plain_copy, set_submodule
-from genexp.errors import ConfigError, GenexpError, first_line
+from genexp.runtime.errors import ConfigError, GenexpError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ ONNX_DTYPES = {1: "float32", 7: "int64", 10: "float16", 16: "bfloat16", 3: "int8
 
 @dataclass
 class Family:
-    """What one model family exports (built by ``genexp.onnx_families.family_of``).
+    """What one model family exports (built by ``genexp.exporters.registry.family_of``).
 
     ``graphs(batch)`` gives the graphs on example inputs of that batch (the main graph first); ``inputs(count,
     batch)`` batches for the main graph's input from the run's data (calibration and the int8 check);
@@ -147,7 +147,13 @@ def io_of(path: str | Path) -> dict[str, Any]:
         for value in values:
             tensor = value.type.tensor_type
             shape = [d.dim_param or d.dim_value for d in tensor.shape.dim]
-            out.append({"name": value.name, "dtype": ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type)), "shape": shape})
+            out.append(
+                {
+                    "name": value.name,
+                    "dtype": ONNX_DTYPES.get(tensor.elem_type, str(tensor.elem_type)),
+                    "shape": shape,
+                }
+            )
         return out
 
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), None)
@@ -176,4 +182,3 @@ def export_folder(base: Path) -> Path:
     while (base.parent / f"{base.name}-{n}").exists():
         n += 1
     return base.parent / f"{base.name}-{n}"
-

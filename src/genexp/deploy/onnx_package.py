@@ -1,5 +1,5 @@
 """An export folder: the fp32 graphs, their int8 versions, and ``model.json``, for one model family's graphs
-(a ``Family`` from ``genexp.onnx_families.family_of``).
+(a ``Family`` from ``genexp.exporters.registry.family_of``).
 
 ``write_package`` is what ``genexp-export`` and ``compression.quantize.backend=onnxruntime`` call. It never
 writes over another export: the folder must not exist yet (``onnx_export.export_folder`` picks a new name),
@@ -32,7 +32,7 @@ from genexp.deploy.latency import (
 from genexp.deploy.onnx_export import FORMAT, Family, Graph, export_graph, initializer_counts, io_of
 from genexp.deploy.onnx_quantize import Int8ToleranceMiss, int8_scheme, quantize_graph
 from genexp.deploy.onnx_runtime import open_session, session_call
-from genexp.errors import ConfigError, GenexpError
+from genexp.runtime.errors import ConfigError, GenexpError
 
 log = logging.getLogger(__name__)
 QUANTIZE = ("none", "int8")
@@ -42,7 +42,9 @@ GENERATION_TOKENS = 256
 
 def check_quantize(value: Any, key: str = "quantize") -> str:
     if value not in QUANTIZE:
-        reason = " (int4 has no ONNX Runtime CPU kernel for these graphs)" if str(value).startswith("int4") else ""
+        reason = (
+            " (int4 has no ONNX Runtime CPU kernel for these graphs)" if str(value).startswith("int4") else ""
+        )
         raise ConfigError(key, value, f"one of {list(QUANTIZE)}{reason}")
     return str(value)
 
@@ -115,10 +117,16 @@ def _write(
         "main": "model.onnx",
         "variants": ["fp32"],
         "usage": family.usage,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
+        "versions": {
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+        },
     }
     if quantize == "int8":
-        info["int8"] = _write_int8(family, graphs, folder, files, tolerance, calibration_batches, batch_size, scheme)
+        info["int8"] = _write_int8(
+            family, graphs, folder, files, tolerance, calibration_batches, batch_size, scheme
+        )
         if info["int8"]["written"]:
             info["variants"].append("int8")
     return info
@@ -143,7 +151,14 @@ def _write_int8(
         int8 = folder / graph.int8_file()
         try:
             recipe = quantize_graph(
-                folder / graph.file, int8, family.int8, feeds[0], feeds, tolerance, family.static_options, chosen
+                folder / graph.file,
+                int8,
+                family.int8,
+                feeds[0],
+                feeds,
+                tolerance,
+                family.static_options,
+                chosen,
             )
         except Int8ToleranceMiss as miss:
             log.warning("%s; the fp32 graphs ship alone (model.json: int8)", miss)
@@ -183,7 +198,9 @@ def latency_table(
         for name, numbers in interleaved_latency(calls, repeats, warmup, rounds).items():
             rows.append({"backend": name, "batch_size": batch, **numbers})
     for row in rows:
-        base = next(r for r in rows if r["backend"] == "torch fp32 eager" and r["batch_size"] == row["batch_size"])
+        base = next(
+            r for r in rows if r["backend"] == "torch fp32 eager" and r["batch_size"] == row["batch_size"]
+        )
         row["speedup_vs_torch"] = base["median_ms"] / row["median_ms"]
         row["speedup_p10_p90"] = [base["median_ms"] / row["p90_ms"], base["median_ms"] / row["p10_ms"]]
     out: dict[str, Any] = {

@@ -35,10 +35,14 @@ import numpy as np
 
 from genexp.deploy.latency import cpu_flags
 from genexp.deploy.onnx_runtime import open_session
-from genexp.errors import ConfigError, GenexpError
+from genexp.runtime.errors import ConfigError, GenexpError
 
 METHODS = ("dynamic", "static")
-SCHEMES = ("auto", "8bit", "7bit")  # auto: by the CPU's flags; 8bit / 7bit: the weights' bits, whatever the CPU
+SCHEMES = (
+    "auto",
+    "8bit",
+    "7bit",
+)  # auto: by the CPU's flags; 8bit / 7bit: the weights' bits, whatever the CPU
 VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 X86 = ("x86_64", "amd64", "i386", "i686", "x86")
 DYNAMIC_OPS = ("MatMul", "Gemm", "Attention")  # Attention: onnx_attention's fused op, quantized to QAttention
@@ -65,7 +69,9 @@ class Int8ToleranceMiss(GenexpError):
         self.check = check
 
 
-def int8_scheme(requested: str = "auto", flags: Sequence[str] | None = None, machine: str | None = None) -> dict[str, Any]:
+def int8_scheme(
+    requested: str = "auto", flags: Sequence[str] | None = None, machine: str | None = None
+) -> dict[str, Any]:
     """The int8 weight scheme: ``{"weights_bits": 8 | 7, "reduce_range": bool, "reason": str}``.
 
     Args:
@@ -78,7 +84,11 @@ def int8_scheme(requested: str = "auto", flags: Sequence[str] | None = None, mac
         raise ConfigError("int8_scheme", requested, f"one of {list(SCHEMES)}")
     if requested != "auto":
         bits = int(requested[0])
-        return {"weights_bits": bits, "reduce_range": bits == 7, "reason": f"int8_scheme={requested} was asked for"}
+        return {
+            "weights_bits": bits,
+            "reduce_range": bits == 7,
+            "reason": f"int8_scheme={requested} was asked for",
+        }
     flags = cpu_flags() if flags is None else list(flags)
     machine = (platform.machine() if machine is None else machine).lower()
     vnni = sorted(set(VNNI_FLAGS) & set(flags))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from genexp.errors import GenexpError, first_line
+from genexp.runtime.errors import GenexpError, first_line
 
 
 def open_session(path: str | Path, threads: int | None = None, key: str = "target") -> Any:
@@ -33,7 +33,9 @@ def open_session(path: str | Path, threads: int | None = None, key: str = "targe
     try:
         return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types for every bad file
-        raise GenexpError(f"{key}={path}: not an ONNX graph ONNX Runtime can run: {first_line(err)[:200]}") from err
+        raise GenexpError(
+            f"{key}={path}: not an ONNX graph ONNX Runtime can run: {first_line(err)[:200]}"
+        ) from err
 
 
 class OrtModule(nn.Module):

@@ -1,1 +1,2 @@
-"""Sample-quality metrics: offline feature extractors, FID/KID/class scores, and the callback."""
+"""Sample-quality metrics: offline feature extractors and FID/KID/class scores (the callback that uses them
+is ``genexp.callbacks.sample_quality``)."""

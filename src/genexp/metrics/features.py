@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genexp.errors import ConfigError, GenexpError
+from genexp.runtime.errors import ConfigError, GenexpError
 
 log = logging.getLogger(__name__)
 CACHE_FOLDER = "genexp_features"

@@ -27,10 +27,10 @@ import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from torch import nn
 
-from genexp.checks import positive_number
-from genexp.errors import ConfigError
-from genexp.resize import STRUCTURE_KEY, conform
-from genexp.visual import image_grid, save_png
+from genexp.checkpoints.resize import STRUCTURE_KEY, conform
+from genexp.checks.values import positive_number
+from genexp.models.image_grid import image_grid, save_png
+from genexp.runtime.errors import ConfigError
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 # torch optimizers with a fused kernel on the CPU and CUDA (the default CPU path is a per-tensor Python loop: the
@@ -43,7 +43,7 @@ class GenerativeModule(L.LightningModule):
     """Base LightningModule for every genexp model family.
 
     Subclasses set ``data_kind`` ("images" or "text": what ``model_kwargs()`` of the data module must
-    describe); ``genexp.build`` refuses a data module of the other kind with a message naming both.
+    describe); ``genexp.runtime.build`` refuses a data module of the other kind with a message naming both.
 
     Args:
         optimizer: a partial ``torch.optim`` constructor (Hydra ``_partial_: true``) taking params.
@@ -120,6 +120,16 @@ class GenerativeModule(L.LightningModule):
                 f"a teacher trained on images of this run's shape {ours} (same data.name and data.image_size)",
             )
 
+    def check_teacher_setting(self, teacher: GenerativeModule, key: str, name: str, why: str = "") -> None:
+        """The teacher's ``name`` (a constructor setting, e.g. ``latent_dim``) is this run's ``model.<name>``."""
+        theirs, ours = getattr(teacher, name, None), getattr(self, name, None)
+        if theirs != ours:
+            raise ConfigError(
+                key,
+                f"a {type(teacher).__name__} with {name} {theirs}",
+                f"a teacher with this run's model.{name}={ours}{why}",
+            )
+
     def start_distillation(self, teacher: GenerativeModule) -> bool:
         """Called once when a fresh (not resumed) distillation fit starts; returns True when this model
         took weights from ``teacher`` (diffusion: the student starts as its teacher). Default: nothing."""
@@ -155,8 +165,13 @@ class GenerativeModule(L.LightningModule):
         params: Iterable[Any],
         factory: OptimizerFactory | None = None,
         scheduler: dict[str, Any] | None = None,
+        total_steps: int | None = None,
     ) -> dict[str, Any]:
-        """One optimizer and its optional Lightning scheduler dict, from the configured partials."""
+        """One optimizer and its optional Lightning scheduler dict, from the configured partials.
+
+        A schedule that takes ``total_steps`` and leaves it null gets this optimizer's number of updates:
+        ``total_steps`` when given (at least 1), else the Trainer's ``estimated_stepping_batches``.
+        """
         make = factory or self.optimizer_factory
         optimizer = make(params, **self._fused(make))
         scheduler = self.scheduler_config if scheduler is None else scheduler
@@ -167,7 +182,10 @@ class GenerativeModule(L.LightningModule):
         keywords = getattr(make, "keywords", {})
         accepts = inspect.signature(make).parameters
         if "total_steps" in accepts and keywords.get("total_steps") is None:
-            kwargs["total_steps"] = int(self.trainer.estimated_stepping_batches)
+            steps = (
+                int(self.trainer.estimated_stepping_batches) if total_steps is None else max(1, total_steps)
+            )
+            kwargs["total_steps"] = steps
         lr_scheduler = {k: v for k, v in scheduler.items() if k != "scheduler" and v is not None}
         lr_scheduler["scheduler"] = make(optimizer, **kwargs)
         return {"optimizer": optimizer, "lr_scheduler": lr_scheduler}
@@ -179,7 +197,9 @@ class GenerativeModule(L.LightningModule):
         if getattr(make, "func", make) not in FUSED or "fused" in keywords or "foreach" in keywords:
             return {}
         precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
-        return {"fused": True} if precision in ("32-true", "32") and self.device.type in ("cpu", "cuda") else {}
+        return (
+            {"fused": True} if precision in ("32-true", "32") and self.device.type in ("cpu", "cuda") else {}
+        )
 
     def configure_optimizers(self) -> dict[str, Any]:
         return self.build_optimizer(self.optimizer_param_groups())
@@ -233,7 +253,7 @@ class GenerativeModule(L.LightningModule):
         self.conform_to(checkpoint)
 
     def conform_to(self, checkpoint: dict[str, Any]) -> None:
-        """Narrow the layers to a structured-pruned checkpoint's shapes (``genexp.resize``), before its
+        """Narrow the layers to a structured-pruned checkpoint's shapes (``genexp.checkpoints.resize``), before its
         weights load; a checkpoint of the full-width network changes nothing."""
         record = checkpoint.get(STRUCTURE_KEY)
         if record is not None and "state_dict" in checkpoint:

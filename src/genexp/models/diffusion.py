@@ -30,10 +30,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genexp.checks import boolean, in_range, is_int, one_of, positive_int
-from genexp.errors import ConfigError
+from genexp.checks.values import boolean, in_range, is_int, one_of, positive_int
 from genexp.models.base import GenerativeModule
+from genexp.models.ema import update_ema
 from genexp.models.unet import UNet
+from genexp.runtime.errors import ConfigError
 
 PREDICTIONS = ("eps", "v")
 LOGSNR_MIN, LOGSNR_MAX = -20.0, 20.0
@@ -154,11 +155,7 @@ class Diffusion(GenerativeModule):
         if self.ema is None:
             return
         self.ema_updates += 1
-        n = int(self.ema_updates)
-        decay = min(self.ema_decay, (1 + n) / (10 + n))  # warm-up
-        ema = dict(self.ema.named_parameters())
-        for name, param in self.net.named_parameters():  # by name: a pruned EMA layer holds weight_orig
-            ema.get(name, ema.get(f"{name}_orig", param)).lerp_(param.detach(), 1 - decay)
+        update_ema(self.ema, self.net, self.ema_decay, int(self.ema_updates))
 
     # ----- sampling ---------------------------------------------------------------------------
     @torch.no_grad()

@@ -13,103 +13,21 @@ An optional EMA copy of G (``ema_decay``) is what ``sample()`` and ``deployable(
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Iterator
 from contextlib import contextmanager
-from functools import partial
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genexp.checks import in_range, number_at_least, one_of, positive_int, positive_number
-from genexp.errors import ConfigError
+from genexp.checks.values import in_range, number_at_least, one_of, positive_int, positive_number
 from genexp.models.base import GenerativeModule, OptimizerFactory
+from genexp.models.dcgan import Discriminator, Generator
+from genexp.models.ema import update_ema
+from genexp.runtime.errors import ConfigError
 
 LOSSES = ("nonsaturating", "hinge")
-
-
-def dcgan_layout(image_shape: tuple[int, ...]) -> tuple[int, int]:
-    """``(start_size, upsamplings)``: G grows ``start_size`` (4..8) by ``upsamplings`` doublings to the side.
-
-    Raises ConfigError naming ``data.image_size`` when the shape cannot be built (odd, too small,
-    not square, or a start size above 8), e.g. 16 -> (4, 2), 28 -> (7, 2), 32 -> (4, 3).
-    """
-    if len(image_shape) != 3 or image_shape[1] != image_shape[2]:
-        raise ConfigError("data.image_size", tuple(image_shape), "square (C, H, H) images for model=gan")
-    size, ups = image_shape[1], 0
-    while size % 2 == 0 and size // 2 >= 4:
-        size, ups = size // 2, ups + 1
-    if ups == 0 or size > 8:
-        raise ConfigError(
-            "data.image_size",
-            image_shape[1],
-            "a side model=gan (DCGAN) can build: even, >= 8, halving down to 4..8 (e.g. 8, 16, 28, 32, 64)",
-        )
-    return size, ups
-
-
-def dcgan_init(module: nn.Module) -> None:
-    """DCGAN init: conv weights ~ N(0, 0.02); BatchNorm scale ~ N(1, 0.02), shift 0."""
-    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-        nn.init.normal_(module.weight, 0.0, 0.02)
-        if module.bias is not None:
-            nn.init.zeros_(module.bias)
-    elif isinstance(module, nn.BatchNorm2d):
-        nn.init.normal_(module.weight, 1.0, 0.02)
-        nn.init.zeros_(module.bias)
-
-
-class Generator(nn.Module):
-    """``z (N, latent_dim)`` -> images ``(N, C, H, W)`` in [-1, 1] (tanh; no BatchNorm on the output)."""
-
-    def __init__(self, image_shape: tuple[int, int, int], latent_dim: int, channels: int) -> None:
-        super().__init__()
-        start, ups = dcgan_layout(image_shape)
-        width = channels * 2 ** (ups - 1)
-        layers: list[nn.Module] = [
-            nn.ConvTranspose2d(latent_dim, width, start, 1, 0, bias=False),
-            nn.BatchNorm2d(width),
-            nn.ReLU(True),
-        ]
-        for _ in range(ups - 1):
-            layers += [
-                nn.ConvTranspose2d(width, width // 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(width // 2),
-                nn.ReLU(True),
-            ]
-            width //= 2
-        layers += [nn.ConvTranspose2d(width, image_shape[0], 4, 2, 1), nn.Tanh()]
-        self.net = nn.Sequential(*layers)
-        self.latent_dim = latent_dim
-        self.apply(dcgan_init)
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z.view(z.shape[0], self.latent_dim, 1, 1))
-
-
-class Discriminator(nn.Module):
-    """Images in [-1, 1] -> one logit each (no BatchNorm on the input layer; LeakyReLU 0.2)."""
-
-    def __init__(self, image_shape: tuple[int, int, int], channels: int) -> None:
-        super().__init__()
-        start, ups = dcgan_layout(image_shape)
-        width = channels
-        layers: list[nn.Module] = [nn.Conv2d(image_shape[0], width, 4, 2, 1), nn.LeakyReLU(0.2, True)]
-        for _ in range(ups - 1):
-            layers += [
-                nn.Conv2d(width, width * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(width * 2),
-                nn.LeakyReLU(0.2, True),
-            ]
-            width *= 2
-        layers.append(nn.Conv2d(width, 1, start, 1, 0))
-        self.net = nn.Sequential(*layers)
-        self.apply(dcgan_init)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x).flatten()
 
 
 class GAN(GenerativeModule):
@@ -164,9 +82,13 @@ class GAN(GenerativeModule):
         number_at_least("model.grad_clip", grad_clip, 0, allow_none=True)
         if optimizer_d is not None and not callable(optimizer_d):
             raise ConfigError("model.optimizer_d", optimizer_d, "an optimizer config with _partial_: true")
-        positive_number("model.optimizer_d.lr", getattr(optimizer_d, "keywords", {}).get("lr"), allow_none=True)
+        positive_number(
+            "model.optimizer_d.lr", getattr(optimizer_d, "keywords", {}).get("lr"), allow_none=True
+        )
         image_shape = tuple(image_shape)  # type: ignore[assignment]
-        self.save_hyperparameters(ignore=["optimizer", "scheduler", "optimizer_d", "scheduler_d"], logger=False)
+        self.save_hyperparameters(
+            ignore=["optimizer", "scheduler", "optimizer_d", "scheduler_d"], logger=False
+        )
         self.automatic_optimization = False
 
         self.image_shape, self.latent_dim = image_shape, latent_dim
@@ -191,7 +113,9 @@ class GAN(GenerativeModule):
     def d_loss(self, real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
         if self.loss == "hinge":
             return F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean()
-        real = F.binary_cross_entropy_with_logits(real_logits, torch.full_like(real_logits, 1 - self.label_smoothing))
+        real = F.binary_cross_entropy_with_logits(
+            real_logits, torch.full_like(real_logits, 1 - self.label_smoothing)
+        )
         return real + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
 
     def g_loss(self, fake_logits: torch.Tensor) -> torch.Tensor:
@@ -219,7 +143,11 @@ class GAN(GenerativeModule):
         opt_d.step()
         self.d_updates += 1
         self._step_schedulers(opt_d.optimizer, "step", self.d_updates)
-        logs = {"train/d_loss": d_loss, "train/d_real": self.d_score(real_logits), "train/d_fake": self.d_score(fake_logits)}
+        logs = {
+            "train/d_loss": d_loss,
+            "train/d_real": self.d_score(real_logits),
+            "train/d_fake": self.d_score(fake_logits),
+        }
 
         # generator step every d_steps batches (D's grads from this step are discarded)
         if (batch_idx + 1) % self.d_steps == 0:
@@ -250,7 +178,9 @@ class GAN(GenerativeModule):
                 metrics = self.trainer.callback_metrics
                 monitor = self._monitors.get(id(config.scheduler), "val/loss")  # Lightning drops it
                 if monitor not in metrics:
-                    raise ConfigError("scheduler.monitor", monitor, f"a metric the GAN logs: {sorted(metrics)}")
+                    raise ConfigError(
+                        "scheduler.monitor", monitor, f"a metric the GAN logs: {sorted(metrics)}"
+                    )
                 config.scheduler.step(metrics[monitor])
             else:
                 config.scheduler.step()
@@ -264,24 +194,19 @@ class GAN(GenerativeModule):
     def _update_ema(self) -> None:
         if self.generator_ema is None:
             return
-        decay = min(self.ema_decay, (1 + self.g_updates) / (10 + self.g_updates))  # warm-up
-        for ema, param in zip(self.generator_ema.parameters(), self.generator.parameters(), strict=True):
-            ema.lerp_(param, 1 - decay)
-        ema_buffers = dict(self.generator_ema.named_buffers())  # structured pruning's gates add buffers there
-        for name, buf in self.generator.named_buffers():
-            ema_buffers[name].copy_(buf)
+        # BatchNorm statistics and structured pruning's gates are buffers: the copy takes them as they are
+        update_ema(self.generator_ema, self.generator, self.ema_decay, self.g_updates, copy_buffers=True)
 
     def configure_optimizers(self) -> list[dict[str, Any]]:
         total = int(self.trainer.estimated_stepping_batches)
-        g = self.build_optimizer(
-            self.generator.parameters(),
-            scheduler=_with_total_steps(self.scheduler_config, total // self.d_steps),
-        )
+        # each optimizer's own number of updates: G steps once every d_steps batches
+        g = self.build_optimizer(self.generator.parameters(), total_steps=total // self.d_steps)
         d_scheduler = self.scheduler_config if self.scheduler_d_config is None else self.scheduler_d_config
         d = self.build_optimizer(
             self.discriminator.parameters(),
             factory=self.optimizer_d_factory,
-            scheduler=_with_total_steps(d_scheduler, total) or {},
+            scheduler=d_scheduler or {},
+            total_steps=total,
         )
         self._monitors = {
             id(opt["lr_scheduler"]["scheduler"]): opt["lr_scheduler"].get("monitor", "val/loss")
@@ -297,7 +222,9 @@ class GAN(GenerativeModule):
         fake_logits = self.discriminator(self.generator(self.noise(n)))
         real_logits = self.discriminator(real)
         g_loss = self.g_loss(fake_logits)
-        d_loss = self.d_loss(real_logits, fake_logits)  # loss: G's (lower: G fools the current D more), not FID
+        d_loss = self.d_loss(
+            real_logits, fake_logits
+        )  # loss: G's (lower: G fools the current D more), not FID
         logs = {f"{stage}/loss": g_loss, f"{stage}/g_loss": g_loss, f"{stage}/d_loss": d_loss}
         logs |= {f"{stage}/d_real": self.d_score(real_logits), f"{stage}/d_fake": self.d_score(fake_logits)}
         self.log_dict(logs, on_epoch=True, prog_bar=stage == "val", batch_size=n, sync_dist=True)
@@ -368,12 +295,7 @@ class GAN(GenerativeModule):
         super().check_teacher(teacher, key)
         assert isinstance(teacher, GAN)
         self.check_teacher_image_shape(teacher, key)
-        if teacher.latent_dim != self.latent_dim:
-            raise ConfigError(
-                key,
-                f"a GAN with latent_dim {teacher.latent_dim}",
-                f"a teacher with this run's model.latent_dim={self.latent_dim} (student and teacher share z)",
-            )
+        self.check_teacher_setting(teacher, key, "latent_dim", " (student and teacher share z)")
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         super().on_save_checkpoint(checkpoint)
@@ -383,16 +305,3 @@ class GAN(GenerativeModule):
         super().on_load_checkpoint(checkpoint)
         updates = checkpoint.get("gan_updates", {})
         self.g_updates, self.d_updates = int(updates.get("g", 0)), int(updates.get("d", 0))
-
-
-def _with_total_steps(scheduler: dict[str, Any] | None, total_steps: int) -> dict[str, Any] | None:
-    """Fill a step-based schedule's ``total_steps`` with this optimizer's own number of updates."""
-    if not scheduler or scheduler.get("scheduler") is None:
-        return scheduler
-    make = scheduler["scheduler"]
-    if (
-        "total_steps" in inspect.signature(make).parameters
-        and getattr(make, "keywords", {}).get("total_steps") is None
-    ):
-        return {**scheduler, "scheduler": partial(make, total_steps=max(1, total_steps))}
-    return scheduler

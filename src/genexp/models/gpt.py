@@ -2,7 +2,7 @@
 
 Pre-LayerNorm blocks of causal self-attention (``scaled_dot_product_attention``) and a GELU MLP, learned
 position embeddings, and an output layer tied to the token embedding. ``Transformer`` is the whole network
-(token ids ``(B, T)`` in, logits ``(B, T, vocab)`` out) and is what ships; ``GPT`` is the LightningModule
+(``models/transformer.py``: token ids ``(B, T)`` in, logits ``(B, T, vocab)`` out) and ships; ``GPT`` is the LightningModule
 around it: losses in nats per character, bits per character and perplexity, AdamW parameter groups,
 sampling with temperature and top-k, and text samples in TensorBoard.
 """
@@ -16,113 +16,15 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 from torchmetrics.text import Perplexity
 
-from genexp.checks import in_range, int_at_least, is_number, positive_int
+from genexp.checks.values import in_range, int_at_least, is_number, positive_int
 from genexp.data.text import CharVocab
-from genexp.errors import ConfigError
 from genexp.models.base import GenerativeModule
+from genexp.models.transformer import Transformer
+from genexp.runtime.errors import ConfigError
 
 LN2 = math.log(2.0)
-
-
-class CausalSelfAttention(nn.Module):
-    """Multi-head self-attention where each position sees only itself and the positions before it."""
-
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
-        super().__init__()
-        self.n_head, self.dropout = n_head, dropout
-        self.qkv = nn.Linear(n_embd, 3 * n_embd, bias=bias)
-        self.proj = nn.Linear(n_embd, n_embd, bias=bias)
-        self.resid_dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        B, T, _ = x.shape
-        width = self.proj.in_features  # n_head * head size: below n_embd once structured pruning removed heads
-        q, k, v = self.qkv(x).split(width, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, width // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.dropout if self.training else 0.0, is_causal=True
-        )
-        y = y.transpose(1, 2).contiguous().view(B, T, width)
-        return self.resid_dropout(self.proj(y))
-
-
-class MLP(nn.Module):
-    def __init__(self, n_embd: int, dropout: float, bias: bool) -> None:
-        super().__init__()
-        self.fc = nn.Linear(n_embd, 4 * n_embd, bias=bias)
-        self.proj = nn.Linear(4 * n_embd, n_embd, bias=bias)
-        self.dropout = nn.Dropout(dropout)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.proj(F.gelu(self.fc(x))))
-
-
-class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
-
-    def __init__(self, n_embd: int, n_head: int, dropout: float, bias: bool) -> None:
-        super().__init__()
-        self.ln_1 = nn.LayerNorm(n_embd, bias=bias)
-        self.attn = CausalSelfAttention(n_embd, n_head, dropout, bias)
-        self.ln_2 = nn.LayerNorm(n_embd, bias=bias)
-        self.mlp = MLP(n_embd, dropout, bias)
-
-    def forward(self, x: torch.Tensor, recompute_mlp: bool = False) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x))
-        if recompute_mlp:  # keep x only; LayerNorm, fc and GELU run again in backward
-            return x + checkpoint(self._mlp, x, use_reentrant=False)
-        return x + self._mlp(x)
-
-    def _mlp(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(self.ln_2(x))
-
-
-class Transformer(nn.Module):
-    """The GPT network: token ids ``(B, T)`` with ``T <= block_size`` -> next-token logits ``(B, T, vocab)``."""
-
-    def __init__(
-        self,
-        vocab_size: int,
-        block_size: int,
-        n_layer: int,
-        n_head: int,
-        n_embd: int,
-        dropout: float,
-        bias: bool,
-    ) -> None:
-        super().__init__()
-        self.block_size = block_size
-        self.activation_checkpointing = "none"  # "block" | "mlp": recompute in backward (see GPT)
-        self.wte = nn.Embedding(vocab_size, n_embd)
-        self.wpe = nn.Embedding(block_size, n_embd)
-        self.drop = nn.Dropout(dropout)
-        self.blocks = nn.ModuleList([Block(n_embd, n_head, dropout, bias) for _ in range(n_layer)])
-        self.ln_f = nn.LayerNorm(n_embd, bias=bias)
-        self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
-        self.lm_head.weight = self.wte.weight  # weight tying
-        self.apply(self._init_weights)
-        for name, p in self.named_parameters():  # GPT-2: scale residual projections by depth
-            if name.endswith("proj.weight"):
-                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * n_layer))
-
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
-
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
-        pos = torch.arange(idx.shape[1], device=idx.device)
-        x = self.drop(self.wte(idx) + self.wpe(pos))
-        mode = self.activation_checkpointing if self.training and torch.is_grad_enabled() else "none"
-        for i, block in enumerate(self.blocks):  # not the last block: backward would recompute it at once
-            mode_i = mode if i < len(self.blocks) - 1 else "none"
-            x = checkpoint(block, x, use_reentrant=False) if mode_i == "block" else block(x, mode_i == "mlp")
-        return self.lm_head(self.ln_f(x))
 
 
 class GPT(GenerativeModule):
@@ -207,7 +109,11 @@ class GPT(GenerativeModule):
                 text,
                 f"only characters from the training text's vocabulary (not in it: {''.join(unknown)!r})",
             )
-        return self.chars.encode(text).to(self.device) if text else torch.zeros(0, dtype=torch.long, device=self.device)
+        return (
+            self.chars.encode(text).to(self.device)
+            if text
+            else torch.zeros(0, dtype=torch.long, device=self.device)
+        )
 
     def decode(self, ids: torch.Tensor | list[int]) -> str:
         assert self.chars is not None
@@ -335,7 +241,9 @@ class GPT(GenerativeModule):
         if self.trainer.default_root_dir:
             path = Path(self.trainer.default_root_dir) / "samples.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(f"step {self.global_step}\n\n" + "\n\n-----\n\n".join(texts) + "\n", encoding="utf-8")
+            path.write_text(
+                f"step {self.global_step}\n\n" + "\n\n-----\n\n".join(texts) + "\n", encoding="utf-8"
+            )
 
     # ----- GenerativeModule hooks ------------------------------------------------------------------------
     def deployable(self) -> nn.Module:
@@ -354,7 +262,9 @@ class GPT(GenerativeModule):
         with torch.no_grad():
             target = teacher.deployable()(x) / temperature
         if target.shape != student.shape:
-            raise ConfigError("compression.distill", tuple(target.shape), f"teacher logits of {tuple(student.shape)}")
+            raise ConfigError(
+                "compression.distill", tuple(target.shape), f"teacher logits of {tuple(student.shape)}"
+            )
         kl = F.kl_div(
             F.log_softmax(student, -1).flatten(0, 1),
             F.log_softmax(target, -1).flatten(0, 1),

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 
 
 def resolutions(image_shape: tuple[int, int, int], levels: int) -> list[int]:

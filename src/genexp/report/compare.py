@@ -1,7 +1,7 @@
 """``genexp-eval compare=...``: every run of a sweep in one table, ranked by quality, against the dense baseline.
 
 Given a multirun folder (or any folder holding run folders), a list of run folders, checkpoints or
-artifacts, it loads each one (``genexp.rebuild.load_any``), tests its quality, measures its size, and times all of
+artifacts, it loads each one (``genexp.checkpoints.rebuild.load_any``), tests its quality, measures its size, and times all of
 them in alternating rounds (so a shared machine's load drifts over every run alike). A run that fails to
 load or test is reported and skipped. The **dense baseline** is the run without compression (no pruning or
 sparsity 0, no quantization, no distillation); ratios are ``value / baseline``.
@@ -22,10 +22,9 @@ from typing import Any
 from lightning.pytorch import Callback
 from omegaconf import DictConfig
 
+from genexp.checkpoints.rebuild import Loaded
 from genexp.deploy.artifact import is_artifact
 from genexp.deploy.latency import interleaved_latency
-from genexp.errors import GenexpError, first_line
-from genexp.rebuild import Loaded, is_run_folder
 from genexp.report.family import family_of
 from genexp.report.hparams import write_hparams
 from genexp.report.measure_run import SpeedSettings, assemble, latency_call, size_of, speed_of, test_quality
@@ -33,7 +32,8 @@ from genexp.report.onnx_target import load_target
 from genexp.report.pareto import pareto_plot
 from genexp.report.tables import compare_markdown
 from genexp.report.training import curves_plot
-from genexp.run_folder import write_json
+from genexp.runtime.errors import GenexpError, first_line
+from genexp.runtime.run_folder import is_run_folder, write_json
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,9 @@ def flag_slower(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         base = dense.get(row.get("backend", "torch"))
         row["dense_latency_ratio"] = row["latency_ms"] / base["latency_ms"] if base else None
-        compressed = base is not None and base is not row and not row.get("dense")  # dense rows: the same network
+        compressed = (
+            base is not None and base is not row and not row.get("dense")
+        )  # dense rows: the same network
         row["slower_than_dense"] = bool(compressed and row["latency_p10_ms"] > base["latency_p90_ms"])
 
 

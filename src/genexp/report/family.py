@@ -5,7 +5,7 @@ Every metric is read from the test stage ``genexp-eval`` runs (lower is better f
 - VAE: negative ELBO per image in nats (``test/nelbo``), with its reconstruction and KL terms (and the
   samples' domain FID and class coverage when ``callbacks.sample_quality`` ran);
 - GAN: domain-classifier FID of 1,000 samples against the test split (``test/fid``, from
-  ``genexp.metrics.callback.SampleQuality``), with the number of digit classes covered;
+  ``genexp.callbacks.sample_quality.SampleQuality``), with the number of digit classes covered;
 - Diffusion: the same domain FID and class coverage of its DDIM samples, with the sampling throughput
   (``test/images_per_s`` at ``test/sample_steps`` DDIM steps);
 - GPT: held-out loss in nats per character (``test/loss``, on the text's own test split: the last 5%,

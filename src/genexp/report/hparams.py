@@ -66,6 +66,8 @@ def write_hparams(rows: Sequence[dict[str, Any]], folder: str | Path) -> list[Pa
     for i, row in enumerate(rows):
         logdir = folder / f"{i:02d}_{re.sub(r'[^A-Za-z0-9._-]+', '_', row['run'])}"
         with SummaryWriter(log_dir=str(logdir)) as writer:  # add_hparams writes the summary and each metric
-            writer.add_hparams(hparams_of(row), metrics_of(row), hparam_domain_discrete=discrete, run_name=".")
+            writer.add_hparams(
+                hparams_of(row), metrics_of(row), hparam_domain_discrete=discrete, run_name="."
+            )
         written.append(logdir)
     return written

@@ -21,8 +21,8 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig
 
-from genexp.build import instantiate
-from genexp.checks import int_at_least
+from genexp.checkpoints.rebuild import Loaded
+from genexp.checks.values import int_at_least
 from genexp.deploy.costs import measure
 from genexp.deploy.latency import (
     cpu_latency_ms,
@@ -34,12 +34,12 @@ from genexp.deploy.latency import (
     throughput,
 )
 from genexp.deploy.onnx_runtime import session_call
-from genexp.onnx_families import exportable
-from genexp.rebuild import Loaded
+from genexp.exporters.registry import exportable
 from genexp.report.family import compression_of, family_of, model_class
 from genexp.report.onnx_target import backend_latency, onnx_size
 from genexp.report.training import training_of
-from genexp.run_folder import scalar_metrics
+from genexp.runtime.build import instantiate
+from genexp.runtime.run_folder import scalar_metrics
 
 DEFAULT_BATCH_SIZE = 16
 

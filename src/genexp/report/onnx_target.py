@@ -17,12 +17,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from genexp.checkpoints.rebuild import Loaded, load_any
 from genexp.deploy.onnx_export import initializer_counts
 from genexp.deploy.onnx_package import JSON_FILE, latency_table, write_package
 from genexp.deploy.onnx_runtime import open_session
-from genexp.errors import GenexpError
-from genexp.onnx_families import family_of, graphs_of, install_graphs
-from genexp.rebuild import Loaded, load_any
+from genexp.exporters.registry import family_of, graphs_of, install_graphs
+from genexp.runtime.errors import GenexpError
 
 INT8_SUFFIX = ".int8.onnx"
 
@@ -111,7 +111,9 @@ def onnx_size(loaded: Loaded) -> dict[str, float]:
     }
 
 
-def backend_latency(loaded: Loaded, batch_size: int, repeats: int, rounds: int, warmup: int) -> dict[str, Any]:
+def backend_latency(
+    loaded: Loaded, batch_size: int, repeats: int, rounds: int, warmup: int
+) -> dict[str, Any]:
     """The per-backend latency table of ``loaded`` (see ``deploy.onnx_package.latency_table``).
 
     A checkpoint or artifact is exported to a temporary fp32 graph first; an ONNX target is timed beside

@@ -241,7 +241,9 @@ def print_compare(rows: Sequence[dict[str, Any]], title: str, console: Console |
             continue
         table = Table(title=name)
         for header, _ in columns:
-            table.add_column(header, justify="left" if header in ("run", "compression", "optimizer") else "right")
+            table.add_column(
+                header, justify="left" if header in ("run", "compression", "optimizer") else "right"
+            )
         for r in rows:
             cells = [str(get(r)).replace("**", "") for _, get in columns]
             table.add_row(*cells, style="bold" if r["is_baseline"] else None)

@@ -1,5 +1,5 @@
 """How a run was trained and what its training cost: the optimizer, its learning rate, the run's ``cost/...``
-figures (``genexp.metrics.cost.TrainingCost``, in the run's ``metrics.json``) and its validation curve
+figures (``genexp.callbacks.training_cost.TrainingCost``, in the run's ``metrics.json``) and its validation curve
 (``train_curve.csv``), and the learning-curve plot of a comparison.
 
 The plot has two panels, the validation metric against optimizer steps and against wall-clock seconds since

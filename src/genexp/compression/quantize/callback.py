@@ -36,7 +36,7 @@ from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
-from genexp.checks import boolean, int_at_least, one_of, regexes
+from genexp.checks.values import boolean, int_at_least, one_of, regexes
 from genexp.compression.quantize.numerics import (
     SCHEMES,
     UNSUPPORTED_SCHEMES,
@@ -51,8 +51,8 @@ from genexp.compression.targets import deployable_of, example_input_of, find_tar
 from genexp.deploy.artifact import ARTIFACT_DIR, save_deployable
 from genexp.deploy.costs import fidelity, measure, weight_bytes, zero_fraction
 from genexp.deploy.layers import CONV_TYPES, HALF_DTYPES, plain_copy
-from genexp.errors import ConfigError
-from genexp.run_folder import record_compression
+from genexp.runtime.errors import ConfigError
+from genexp.runtime.run_folder import LAST_CHECKPOINT, record_compression
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +191,9 @@ class QuantizationCallback(Callback):
             return
         run_dir = Path(trainer.default_root_dir) if trainer.default_root_dir else None
         if self.backend == "onnxruntime":
-            self.report = record_compression(trainer, self.export_onnx(trainer, pl_module, run_dir), section="quantize")
+            self.report = record_compression(
+                trainer, self.export_onnx(trainer, pl_module, run_dir), section="quantize"
+            )
             return
         float_net, quantized, report = self.convert(pl_module, trainer.current_epoch)
         example = example_input_of(pl_module, self.latency_batch_size)
@@ -205,25 +207,36 @@ class QuantizationCallback(Callback):
                     run_dir / ARTIFACT_DIR, pl_module, quantized, report["recipe"], trainer
                 )
                 report["artifact"] = str(path.relative_to(run_dir))
-        self.report, self.quantized = record_compression(
-            trainer,
-            report,
-            section="quantize",
-            timings={("before", "latency_ms"): (float_net, example), ("after", "latency_ms"): (quantized, example)},
-            repeats=self.latency_repeats,
-            scalars={
-                f"compression/quantize/{key}_{stage}": (stage, key)
-                for key in ("bytes_dense", "latency_ms", "linear_weight_bytes")
-                for stage in ("before", "after")
-            }
-            | {f"compression/quantize/{key}": ("fidelity", key) for key in ("max_abs_error", "relative_rmse")},
-        ), quantized
+        self.report, self.quantized = (
+            record_compression(
+                trainer,
+                report,
+                section="quantize",
+                timings={
+                    ("before", "latency_ms"): (float_net, example),
+                    ("after", "latency_ms"): (quantized, example),
+                },
+                repeats=self.latency_repeats,
+                scalars={
+                    f"compression/quantize/{key}_{stage}": (stage, key)
+                    for key in ("bytes_dense", "latency_ms", "linear_weight_bytes")
+                    for stage in ("before", "after")
+                }
+                | {
+                    f"compression/quantize/{key}": ("fidelity", key)
+                    for key in ("max_abs_error", "relative_rmse")
+                },
+            ),
+            quantized,
+        )
 
-    def export_onnx(self, trainer: L.Trainer, pl_module: L.LightningModule, run_dir: Path | None) -> dict[str, Any]:
+    def export_onnx(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, run_dir: Path | None
+    ) -> dict[str, Any]:
         """``backend=onnxruntime``: model.onnx and model.int8.onnx (checked against fp32) into ``<run>/export``."""
         from genexp.deploy.onnx_export import export_folder
         from genexp.deploy.onnx_package import write_package
-        from genexp.onnx_families import family_of
+        from genexp.exporters.registry import family_of
 
         if run_dir is None:
             return {"backend": "onnxruntime", "export": None}
@@ -233,12 +246,20 @@ class QuantizationCallback(Callback):
             folder,
             quantize="int8",
             batch_size=self.latency_batch_size,
-            source={"target": str(run_dir / "checkpoints" / "last.ckpt"), "relative": "../checkpoints/last.ckpt"},
+            source={"target": str(run_dir / LAST_CHECKPOINT), "relative": str(".." / LAST_CHECKPOINT)},
             timing={"repeats": self.latency_repeats},
         )
         log.info("ONNX Runtime int8 export: %s", folder)
-        graphs = {name: {k: g[k] for k in ("bytes", "precision", "params")} for name, g in info["graphs"].items()}
-        return {"backend": "onnxruntime", "mode": "ptq", "export": folder.name, "graphs": graphs, "latency": info.get("latency")}
+        graphs = {
+            name: {k: g[k] for k in ("bytes", "precision", "params")} for name, g in info["graphs"].items()
+        }
+        return {
+            "backend": "onnxruntime",
+            "mode": "ptq",
+            "export": folder.name,
+            "graphs": graphs,
+            "latency": info.get("latency"),
+        }
 
     # ----- the conversion ------------------------------------------------------------------------
     def convert(self, pl_module: nn.Module, epoch: int = -1) -> tuple[nn.Module, nn.Module, dict[str, Any]]:

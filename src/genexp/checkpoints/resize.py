@@ -24,7 +24,9 @@ SIZE_ATTRIBUTES = (  # layer type -> (attribute, weight dim that gives it); tran
 )
 
 
-def conform(root: nn.Module, state_dict: Mapping[str, torch.Tensor], record: Mapping[str, Any] | None) -> bool:
+def conform(
+    root: nn.Module, state_dict: Mapping[str, torch.Tensor], record: Mapping[str, Any] | None
+) -> bool:
     """Resize ``root``'s layers to the shapes of ``state_dict`` and apply ``record``'s attributes (prefixes are
     module names inside ``root``); returns whether anything changed. Tensors of another rank are left alone
     (``load_state_dict`` then names the mismatch)."""
@@ -34,10 +36,17 @@ def conform(root: nn.Module, state_dict: Mapping[str, torch.Tensor], record: Map
         for kind in ("_parameters", "_buffers"):
             for key, tensor in list(getattr(module, kind).items()):
                 saved = state_dict.get(prefix + key)
-                if tensor is None or saved is None or saved.shape == tensor.shape or saved.dim() != tensor.dim():
+                if (
+                    tensor is None
+                    or saved is None
+                    or saved.shape == tensor.shape
+                    or saved.dim() != tensor.dim()
+                ):
                     continue
                 fresh = torch.empty(saved.shape, dtype=tensor.dtype, device=tensor.device)
-                getattr(module, kind)[key] = nn.Parameter(fresh, tensor.requires_grad) if kind == "_parameters" else fresh
+                getattr(module, kind)[key] = (
+                    nn.Parameter(fresh, tensor.requires_grad) if kind == "_parameters" else fresh
+                )
                 changed = True
         _sizes(module)
     for name, attributes in ((record or {}).get("attributes") or {}).items():

@@ -35,7 +35,15 @@ NOISY_WARNINGS = (
     r"The `srun` command is available on your system but is not used",
     r".*isinstance\(treespec, LeafSpec\)` is deprecated",
 )
-LOGGERS = ("", "lightning", "lightning.pytorch", "lightning.fabric", "torch", "torchao", "torchao.kernel.intmm")
+LOGGERS = (
+    "",
+    "lightning",
+    "lightning.pytorch",
+    "lightning.fabric",
+    "torch",
+    "torchao",
+    "torchao.kernel.intmm",
+)
 
 
 def gpus_per_node(accelerator: Any, devices: Any) -> Any:
@@ -50,11 +58,13 @@ if not OmegaConf.has_resolver("gpus_per_node"):
 def config_dir() -> str:
     """The Hydra config folder: the checkout's top-level ``conf/`` in a source tree, else the one shipped in
     the installed package (``genexp/conf``, mapped from ``conf/`` by pyproject.toml)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parents[1]  # src/genexp (runtime/ is one level down)
     for candidate in (here.parents[1] / "conf", here / "conf"):
         if (candidate / "train.yaml").is_file():
             return str(candidate)
-    raise FileNotFoundError(f"genexp's configs are missing: neither {here.parents[1] / 'conf'} nor {here / 'conf'}")
+    raise FileNotFoundError(
+        f"genexp's configs are missing: neither {here.parents[1] / 'conf'} nor {here / 'conf'}"
+    )
 
 
 class _DropNoise(logging.Filter):
@@ -77,3 +87,31 @@ def quiet_console() -> None:
         for target in (logger, *logger.handlers):
             if _DROP not in target.filters:
                 target.addFilter(_DROP)
+
+
+def tuning_summary(cfg: Any) -> str:
+    """Which ``conf/tuning/`` file this run's defaults took and the keys it set, for train.log, e.g.
+    ``tuning/vae_sgd.yaml (sets optimizer.lr, trainer.gradient_clip_val)``; ``none`` when none applied."""
+    applied = cfg.get("tuning_applied")
+    if not applied:
+        return "none (no conf/tuning/<model>_<optimizer>.yaml for this pair, or ~tuning)"
+    path = Path(config_dir()) / str(applied)
+    if not path.is_file():
+        return str(applied)
+    tuned = OmegaConf.to_container(OmegaConf.load(path))
+    assert isinstance(tuned, dict)
+    return f"{applied} (sets {', '.join(_leaf_keys(tuned, skip={'tuning_applied'}))})"
+
+
+def _leaf_keys(
+    node: dict[str, Any], prefix: str = "", skip: frozenset[str] | set[str] = frozenset()
+) -> list[str]:
+    keys = []
+    for key, value in node.items():
+        if key in skip:
+            continue
+        if isinstance(value, dict):
+            keys.extend(_leaf_keys(value, f"{prefix}{key}."))
+        else:
+            keys.append(f"{prefix}{key}")
+    return keys

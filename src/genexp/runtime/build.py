@@ -11,9 +11,9 @@ from lightning.pytorch import Callback
 from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
-from genexp.errors import ConfigError, GenexpError
-from genexp.metrics.logged_check import LoggedMetricCheck
+from genexp.callbacks.logged_metric_check import LoggedMetricCheck
 from genexp.models.base import GenerativeModule
+from genexp.runtime.errors import ConfigError, GenexpError
 
 
 def instantiate(node: Any, key: str, **kwargs: Any) -> Any:
@@ -102,7 +102,7 @@ def build_callbacks(cfg: DictConfig) -> list[Callback]:
                 callbacks.append(instantiate(node, f"{group}.{name}"))
     target = cfg.get("target")
     if isinstance(target, DictConfig) and target.get("stop"):
-        from genexp.metrics.cost import target_stopper
+        from genexp.callbacks.training_cost import target_stopper
 
         callbacks.append(target_stopper(target.get("metric"), target.get("value"), target.get("mode", "min")))
     named = {"target.metric": target.get("metric") if isinstance(target, DictConfig) else None}
@@ -128,6 +128,8 @@ def build_trainer(cfg: DictConfig, callbacks: list[Callback], loggers: list[Logg
             text = str(cause)
             if isinstance(cause, ValueError) and text.startswith("Precision ") and "Allowed" in text:
                 allowed = text.split("Allowed precision values:", 1)[-1].strip()
-                raise ConfigError("trainer.precision", cfg.trainer.get("precision"), f"one of {allowed}") from None
+                raise ConfigError(
+                    "trainer.precision", cfg.trainer.get("precision"), f"one of {allowed}"
+                ) from None
             cause = cause.__cause__ or cause.__context__
         raise

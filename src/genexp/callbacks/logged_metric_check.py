@@ -13,7 +13,7 @@ from __future__ import annotations
 import lightning as L
 from lightning.pytorch import Callback
 
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 
 
 class LoggedMetricCheck(Callback):
@@ -26,7 +26,9 @@ class LoggedMetricCheck(Callback):
 
     def __init__(self, names: dict[str, str | None]) -> None:
         super().__init__()
-        self.names = {key: metric for key, metric in names.items() if metric and str(metric).startswith("val/")}
+        self.names = {
+            key: metric for key, metric in names.items() if metric and str(metric).startswith("val/")
+        }
         self.checked = False
 
     def on_sanity_check_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -45,4 +47,6 @@ class LoggedMetricCheck(Callback):
             logged |= set(getattr(callback, "val_metric_names", ()))
         for key, metric in self.names.items():
             if metric not in logged:
-                raise ConfigError(key, metric, f"a metric the run logs in validation: {', '.join(sorted(logged))}")
+                raise ConfigError(
+                    key, metric, f"a metric the run logs in validation: {', '.join(sorted(logged))}"
+                )

@@ -8,8 +8,8 @@ import lightning as L
 import torch
 from lightning.pytorch import Callback
 
-from genexp.checks import int_at_least, one_of
-from genexp.errors import GenexpError
+from genexp.checks.values import int_at_least, one_of
+from genexp.runtime.errors import GenexpError
 
 POLICIES = ("stop", "skip")
 

@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
-from genexp.errors import GenexpError
+from genexp.runtime.errors import GenexpError
 
 JOB_ENV = "GENEXP_DDP_JOB"
 # What Lightning's launcher sets in rank 0's own environment before it starts ranks > 0.

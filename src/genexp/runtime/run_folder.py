@@ -1,4 +1,5 @@
-"""The run folder: never reuse a finished one; write metrics.json atomically."""
+"""The run folder: what one is and where its checkpoint is; never reuse a finished one; write metrics.json
+atomically."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from genexp.errors import GenexpError
+from omegaconf import OmegaConf
+
+from genexp.runtime.errors import CheckpointError, GenexpError
 
 FINISHED_MARKER = "metrics.json"
 LAST_CHECKPOINT = Path("checkpoints") / "last.ckpt"
@@ -105,7 +108,9 @@ def record_compression(
         if example is not None and repeats > 0:
             _place(report, path, cpu_latency_ms(module, example, repeats=repeats))
     if trainer.default_root_dir:
-        update_json(Path(trainer.default_root_dir) / COMPRESSION_FILE, {section: report} if section else report)
+        update_json(
+            Path(trainer.default_root_dir) / COMPRESSION_FILE, {section: report} if section else report
+        )
     values = {name: _find(report, path) for name, path in (scalars or {}).items()}
     values = {k: float(v) for k, v in values.items() if isinstance(v, (int, float))}
     if values:
@@ -128,3 +133,37 @@ def _find(report: dict[str, Any], path: tuple[str, ...]) -> Any:
             return None
         node = node[key]
     return node
+
+
+# ----- reading: what is a run folder, and where is its checkpoint -----------------------------------
+def is_run_folder(path: Path) -> bool:
+    """True for a ``genexp-train`` run folder (its ``.hydra/config.yaml`` composes a model)."""
+    config = path / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return False
+    try:
+        return "model" in (OmegaConf.load(config) or {})
+    except Exception:
+        return True  # a run folder whose config is damaged: reported when it is loaded
+
+
+def run_folder_of(path: Path) -> Path | None:
+    """The run folder holding ``path`` (itself, or a parent up to two levels up), if any."""
+    for candidate in (path, *list(path.parents)[:3]):
+        if candidate.is_dir() and is_run_folder(candidate):
+            return candidate
+    return None
+
+
+def find_checkpoint(run_dir: Path, key: str) -> Path:
+    """``checkpoints/last.ckpt``, else the newest checkpoint of the run folder."""
+    last = run_dir / LAST_CHECKPOINT
+    folder = last.parent
+    if last.is_file():
+        return last
+    found = sorted(folder.glob("*.ckpt"), key=lambda p: p.stat().st_mtime) if folder.is_dir() else []
+    if not found:
+        raise CheckpointError(
+            f"{key}={run_dir}: no checkpoint in {folder} (the run may have failed before its first epoch ended)"
+        )
+    return found[-1]

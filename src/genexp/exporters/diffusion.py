@@ -1,4 +1,4 @@
-"""The diffusion family's ONNX export (``genexp.onnx_families`` dispatches here).
+"""The diffusion family's ONNX export (registered for ``Diffusion`` in ``genexp.exporters.registry``).
 
 - ``model.onnx``: the EMA denoiser (``Diffusion.deployable()``), ``z_t`` float32 (batch, C, H, W) and ``t``
   float32 (batch,) in [0, 1] -> the UNet's prediction, named after ``model.prediction`` (``v`` or ``eps``),
@@ -23,6 +23,8 @@ import torch
 
 from genexp.deploy.onnx_export import Graph, float_copy
 from genexp.deploy.onnx_runtime import OrtModule
+from genexp.exporters.registry import Exporter, register_exporter
+from genexp.exporters.vae import training_images
 from genexp.models.diffusion import _T_MAX, _T_MIN, LOGSNR_MAX, LOGSNR_MIN, Diffusion, alpha_sigma
 
 INPUTS = ["z_t", "t"]
@@ -37,7 +39,9 @@ def graphs(model: Diffusion, batch_size: int) -> list[Graph]:
     net = float_copy(model.deployable())
     batch = {0: "batch"}
     output = model.prediction
-    return [Graph("model", net, (z.cpu(), t.cpu()), INPUTS, [output], {"z_t": batch, "t": batch, output: batch})]
+    return [
+        Graph("model", net, (z.cpu(), t.cpu()), INPUTS, [output], {"z_t": batch, "t": batch, output: batch})
+    ]
 
 
 def usage(model: Diffusion) -> dict[str, Any]:
@@ -89,3 +93,24 @@ def install(model: Diffusion, sessions: dict[str, Any]) -> Diffusion:
         model.ema = shim
     return model
 
+
+@register_exporter(Diffusion)
+class DiffusionExporter(Exporter):
+    int8 = "static"
+    static_options = STATIC_INT8
+
+    def graphs(self, model: Diffusion, batch_size: int, fused_attention: bool = False) -> list[Graph]:  # type: ignore[override]
+        return graphs(model, batch_size)
+
+    def usage(self, model: Diffusion) -> dict[str, Any]:  # type: ignore[override]
+        return usage(model)
+
+    def inputs(self, model: Diffusion, datamodule: Any, count: int, batch_size: int) -> list[Any]:  # type: ignore[override]
+        """The run's training images noised at random times (seeded)."""
+        generator = torch.Generator().manual_seed(1)
+        return [
+            noised(x, generator) for x in training_images(model.image_shape, datamodule, count, batch_size)
+        ]
+
+    def install(self, model: Diffusion, sessions: dict[str, Any]) -> None:  # type: ignore[override]
+        install(model, sessions)

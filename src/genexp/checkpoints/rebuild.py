@@ -8,7 +8,7 @@ anything is built. Files load with ``weights_only=True``.
 
 What a path is, is decided by what it holds (``load_any``):
 
-- a folder is a **run folder** (``genexp-train`` wrote ``.hydra/config.yaml`` there): its quantized artifact
+- a folder is a **run folder** (``genexp.runtime.run_folder.is_run_folder``): its quantized artifact
   when it has one, else ``checkpoints/last.ckpt`` (the model as the run ended), else its newest checkpoint;
 - a ``.ckpt`` file is a **checkpoint** (its genexp run config inside);
 - a ``quantized/`` folder or its ``deployable.pt`` is an **artifact** (``genexp.deploy.artifact``).
@@ -22,21 +22,22 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-import torch
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from genexp.build import build_datamodule, build_model, instantiate
+from genexp.checkpoints.aliases import renamed
+from genexp.checkpoints.torch_file import load_torch_file
 from genexp.deploy.artifact import ARTIFACT_DIR, artifact_file, install_artifact, is_artifact, read_artifact
-from genexp.errors import CheckpointError, ConfigError, GenexpError, first_line
 from genexp.models.base import CONFIG_KEY, GenerativeModule
+from genexp.runtime.build import build_datamodule, build_model, instantiate
+from genexp.runtime.errors import CheckpointError, ConfigError, GenexpError, first_line
+from genexp.runtime.run_folder import find_checkpoint, is_run_folder, run_folder_of
 
 # A config from disk is data: only these callables may be instantiated from it (plus what the user trusts).
 TRUSTED_TARGETS = ("genexp.", "torch.optim.", "lightning.pytorch.")
 TRUST_ENV = "GENEXP_TRUST"  # comma-separated extra prefixes, e.g. GENEXP_TRUST=mypkg.,otherpkg.models.
 _trusted_by_config: tuple[str, ...] = ()
 REBUILT_GROUPS = ("data", "model", "optimizer", "scheduler")
-CHECKPOINT_SUFFIX = ".ckpt"
 
 
 # ----- reading and trusting ------------------------------------------------------------------------
@@ -48,7 +49,11 @@ def trust(prefixes: Any, key: str = "trust") -> tuple[str, ...]:
     global _trusted_by_config
     values = [] if prefixes is None else ([prefixes] if isinstance(prefixes, str) else list(prefixes))
     for value in values:
-        if not isinstance(value, str) or not value.strip(".") or not all(p.isidentifier() for p in value.strip(".").split(".")):
+        if (
+            not isinstance(value, str)
+            or not value.strip(".")
+            or not all(p.isidentifier() for p in value.strip(".").split("."))
+        ):
             raise ConfigError(key, prefixes, "a list of module prefixes to trust, e.g. trust=[mypkg.]")
     _trusted_by_config = tuple(values)
     return trusted_targets()
@@ -71,20 +76,13 @@ def load_checkpoint(path: str | Path, key: str = "ckpt_path") -> dict[str, Any]:
         raise CheckpointError(
             f"{key}={path}: no such checkpoint file (expected a .ckpt written by genexp-train)"
         )
-    try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # torch.load raises many types on damaged files (IndexError on a truncated one)
-        first = first_line(err)
-        first = first if len(first) <= 120 else first[:117] + "..."  # torch's messages run to paragraphs
-        raise CheckpointError(
-            f"{key}={path}: not a readable checkpoint (corrupt or truncated?): {first}"
-        ) from err
+    checkpoint = load_torch_file(path, key, "checkpoint (corrupt or truncated?)")
     if not isinstance(checkpoint, dict) or CONFIG_KEY not in checkpoint or "state_dict" not in checkpoint:
         raise CheckpointError(
             f"{key}={path}: not a genexp checkpoint (no saved run config); "
             "expected a .ckpt from a genexp-train run folder"
         )
-    return checkpoint
+    return with_new_paths(checkpoint)  # runs saved before a module moved load with its new paths
 
 
 def saved_config(checkpoint: dict[str, Any], path: str | Path, key: str = "ckpt_path") -> DictConfig:
@@ -102,6 +100,13 @@ def saved_config(checkpoint: dict[str, Any], path: str | Path, key: str = "ckpt_
     for group in REBUILT_GROUPS:
         check_trusted(OmegaConf.to_container(cfg.get(group) or {}, resolve=False), path, key, group)
     return cfg
+
+
+def with_new_paths(saved: dict[str, Any]) -> dict[str, Any]:
+    """``saved`` (a checkpoint or artifact) with the moved ``_target_``s of its config and model_kwargs renamed."""
+    return {
+        key: renamed(value) if key in (CONFIG_KEY, "model_kwargs") else value for key, value in saved.items()
+    }
 
 
 def check_trusted(node: Any, path: str | Path, key: str, where: str) -> None:
@@ -124,7 +129,9 @@ def _targets(node: Any) -> list[Any]:
     return []
 
 
-def check_resumable(checkpoint: dict[str, Any], model: nn.Module, path: str | Path, key: str = "ckpt_path") -> None:
+def check_resumable(
+    checkpoint: dict[str, Any], model: nn.Module, path: str | Path, key: str = "ckpt_path"
+) -> None:
     """Raise CheckpointError when ``checkpoint`` holds another model family, or weights of other shapes, than
     the ``model`` this run built (resuming needs the run's own model and data settings)."""
     saved = str((checkpoint.get(CONFIG_KEY) or {}).get("model", {}).get("_target_", "?"))
@@ -194,7 +201,9 @@ def load_model(path: str | Path, key: str = "ckpt_path", data: dict[str, Any] | 
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(f"{key}={path}: weights do not fit the saved config: {first_line(err)}") from err
+        raise CheckpointError(
+            f"{key}={path}: weights do not fit the saved config: {first_line(err)}"
+        ) from err
     info = {
         "epoch": float(checkpoint.get("epoch", -1)),
         "global_step": float(checkpoint.get("global_step", -1)),
@@ -206,7 +215,7 @@ def load_artifact(path: str | Path, key: str = "ckpt_path", data: dict[str, Any]
     """A ``compression=[quantize]`` artifact: the float model rebuilt from its saved config, then the
     quantized deployable installed in it."""
     path = Path(path)
-    artifact = read_artifact(path, key=key)
+    artifact = with_new_paths(read_artifact(path, key=key))
     config = artifact[CONFIG_KEY]
     check_trusted(artifact.get("model_kwargs") or {}, artifact_file(path), key, "model_kwargs")
     model, datamodule = rebuild(config, artifact.get("datamodule") or {}, artifact_file(path), key, data)
@@ -223,11 +232,11 @@ def load_deployable(path: str | Path) -> nn.Module:
 
     Example::
 
-        from genexp.rebuild import load_deployable
+        from genexp.checkpoints.rebuild import load_deployable
         net = load_deployable("outputs/train/runs/<run>/quantized")
         logits = net(token_ids)
     """
-    artifact = read_artifact(path, key="path")
+    artifact = with_new_paths(read_artifact(path, key="path"))
     trusted = saved_config(artifact, artifact_file(path), key="path")
     check_trusted(artifact.get("model_kwargs") or {}, artifact_file(path), "path", "model_kwargs")
     model_cfg = OmegaConf.to_container(trusted.model, resolve=True)
@@ -236,43 +245,6 @@ def load_deployable(path: str | Path) -> nn.Module:
         model_cfg["compile"] = False
     model = instantiate(OmegaConf.create(model_cfg), "model", **artifact["model_kwargs"])
     return install_artifact(model, {**artifact, "context_state_dict": {}})
-
-
-# ----- what a path is --------------------------------------------------------------------------------
-def is_run_folder(path: Path) -> bool:
-    """True for a ``genexp-train`` run folder (its ``.hydra/config.yaml`` composes a model)."""
-    config = path / ".hydra" / "config.yaml"
-    if not config.is_file():
-        return False
-    try:
-        return "model" in (OmegaConf.load(config) or {})
-    except Exception:
-        return True  # a run folder whose config is damaged: reported when it is loaded
-
-
-def run_folder_of(path: Path) -> Path | None:
-    """The run folder holding ``path`` (itself, or a parent up to two levels up), if any."""
-    for candidate in (path, *list(path.parents)[:3]):
-        if candidate.is_dir() and is_run_folder(candidate):
-            return candidate
-    return None
-
-
-def find_checkpoint(run_dir: Path, key: str) -> Path:
-    """``checkpoints/last.ckpt``, else the newest checkpoint of the run folder."""
-    folder = run_dir / "checkpoints"
-    if (folder / "last.ckpt").is_file():
-        return folder / "last.ckpt"
-    found = (
-        sorted(folder.glob(f"*{CHECKPOINT_SUFFIX}"), key=lambda p: p.stat().st_mtime)
-        if folder.is_dir()
-        else []
-    )
-    if not found:
-        raise CheckpointError(
-            f"{key}={run_dir}: no checkpoint in {folder} (the run may have failed before its first epoch ended)"
-        )
-    return found[-1]
 
 
 def load_any(path: str | Path, key: str = "target", data: dict[str, Any] | None = None) -> Loaded:

@@ -16,7 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch import Callback
 
-from genexp.checks import int_at_least
+from genexp.checks.values import int_at_least
 from genexp.metrics.features import (
     Classifier,
     DomainFeatures,
@@ -109,7 +109,10 @@ class SampleQuality(Callback):
             return {}
         was_training = pl_module.training
         pl_module.eval()
-        with torch.no_grad(), torch.random.fork_rng():  # the same noise for every model scored: rows compare models
+        with (
+            torch.no_grad(),
+            torch.random.fork_rng(),
+        ):  # the same noise for every model scored: rows compare models
             torch.manual_seed(self.seed)
             samples = pl_module.sample(self.num_samples)
         pl_module.train(was_training)

@@ -11,32 +11,23 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
-from genexp.checks import int_at_least, is_int, number_at_least
-from genexp.errors import ConfigError
-from genexp.optim import CUDA_ONLY
+from genexp.checks.values import int_at_least, is_int, number_at_least
+from genexp.optim.optimizers import CUDA_ONLY
+from genexp.runtime.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-def check_int(cfg: DictConfig, key: str, minimum: int, allow_none: bool = False) -> None:
-    """``cfg``'s value at ``key`` is an integer >= ``minimum`` (or null)."""
-    value = OmegaConf.select(cfg, key)
-    if value is None and allow_none:
-        return
-    if not is_int(value) or value < minimum:  # "an integer >= 1", not "a positive integer": trainer keys
-        raise ConfigError(key, value, f"an integer >= {minimum}" + (" or null" if allow_none else ""))
-
-
 def check_trainer(cfg: DictConfig) -> None:
+    """The trainer's epoch and step counts are integers in range, its gradient clip a number >= 0."""
     trainer = cfg.get("trainer")
     if trainer is None:
         return
-    check_int(cfg, "trainer.max_epochs", -1, allow_none=True)
-    check_int(cfg, "trainer.min_epochs", 0, allow_none=True)
-    check_int(cfg, "trainer.check_val_every_n_epoch", 1, allow_none=True)
-    check_int(cfg, "trainer.log_every_n_steps", 1, allow_none=True)
+    minimums = {"max_epochs": -1, "min_epochs": 0, "check_val_every_n_epoch": 1, "log_every_n_steps": 1}
     if "max_steps" in trainer:
-        check_int(cfg, "trainer.max_steps", -1, allow_none=True)
+        minimums["max_steps"] = -1
+    for name, minimum in minimums.items():
+        int_at_least(f"trainer.{name}", OmegaConf.select(cfg, f"trainer.{name}"), minimum, allow_none=True)
     number_at_least("trainer.gradient_clip_val", trainer.get("gradient_clip_val"), 0, allow_none=True)
 
 

@@ -3,7 +3,7 @@
 The two moment buffers of AdamW cost 8 bytes per parameter in fp32; torchao quantizes them blockwise to 8 or
 4 bits (about 2 or 1 byte per parameter). Their kernels are written for GPUs: on a CPU a step of a 512-2048-512
 MLP took 562 ms against 13.6 ms for ``torch.optim.AdamW``, so genexp refuses them there before training
-(``genexp.validation.check_hardware``). torchao is imported only when one is built.
+(``genexp.checks.run.check_hardware``). torchao is imported only when one is built.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ import torch
 
 # _target_s that need a CUDA GPU, with what they are (for the refusal message)
 CUDA_ONLY = {
-    "genexp.optim.adamw8bit": "torchao's AdamW8bit (8-bit optimizer states)",
-    "genexp.optim.adamw4bit": "torchao's AdamW4bit (4-bit optimizer states)",
+    "genexp.optim.optimizers.adamw8bit": "torchao's AdamW8bit (8-bit optimizer states)",
+    "genexp.optim.optimizers.adamw4bit": "torchao's AdamW4bit (4-bit optimizer states)",
 }
 
 

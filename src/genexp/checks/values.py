@@ -2,7 +2,7 @@
 
 Constructors (models, data modules, callbacks) call these with their own argument's config key, e.g.
 ``checks.positive_int(f"{self.key_prefix}.latent_dim", latent_dim)``; the message reads
-``model.latent_dim=0: expected a positive integer``. ``genexp.build.instantiate`` adds the config prefix it
+``model.latent_dim=0: expected a positive integer``. ``genexp.runtime.build.instantiate`` adds the config prefix it
 knows to an error whose key is a bare argument name (a user's own model may raise ``ConfigError("width", ...)``).
 """
 
@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 
 
 def is_int(value: Any) -> bool:
@@ -58,7 +58,9 @@ def positive_number(key: str, value: Any, allow_none: bool = False) -> Any:
     return value
 
 
-def in_range(key: str, value: Any, low: float, high: float, what: str = "a number", allow_none: bool = False) -> Any:
+def in_range(
+    key: str, value: Any, low: float, high: float, what: str = "a number", allow_none: bool = False
+) -> Any:
     """A number in ``[low, high)``."""
     if value is None and allow_none:
         return value
@@ -103,4 +105,3 @@ def regexes(key: str, value: Sequence[str] | str | None) -> list[str]:
         except re.error as err:
             raise ConfigError(key, pattern, f"a valid regular expression ({err})") from None
     return patterns
-

@@ -10,7 +10,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, OneCycleLR
 
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 
 
 def warmup_cosine(

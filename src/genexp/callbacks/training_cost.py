@@ -36,7 +36,7 @@ import torch
 from lightning.pytorch import Callback
 from lightning.pytorch.callbacks import EarlyStopping
 
-from genexp.errors import ConfigError
+from genexp.runtime.errors import ConfigError
 
 MODES = ("min", "max")
 MB = 2**20
@@ -122,7 +122,9 @@ class TrainingCost(Callback):
         self.fit_seconds = time.perf_counter() - self.fit_start
         self.peak_rss_mb = peak_rss_mb()
         if self._cuda:
-            peak = torch.tensor([torch.cuda.max_memory_allocated(pl_module.device) / MB], device=pl_module.device)
+            peak = torch.tensor(
+                [torch.cuda.max_memory_allocated(pl_module.device) / MB], device=pl_module.device
+            )
             self.peak_gpu_mb = [float(v) for v in trainer.strategy.all_gather(peak).flatten().cpu()]
 
     # ----- the figures ------------------------------------------------------------------------------

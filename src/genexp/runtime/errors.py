@@ -78,13 +78,17 @@ def first_line(err: BaseException) -> str:
 
 def _unlogged_monitor(err: Exception) -> bool:
     """Lightning's refusal of a callback that monitors a metric the run never logs (a bad config value)."""
-    return type(err).__name__ == "MisconfigurationException" and "could not find the monitored key" in str(err)
+    return type(err).__name__ == "MisconfigurationException" and "could not find the monitored key" in str(
+        err
+    )
 
 
 def _describe(err: Exception) -> str:
     if _unlogged_monitor(err):
         callback = str(err).split("`")[1] if str(err).count("`") >= 2 else "a callback's monitor"
-        logged = sorted(set(re.findall(r"'((?:val|test)/[^']+)'", str(err).split("metrics:", 1)[-1].split("HINT")[0])))
+        logged = sorted(
+            set(re.findall(r"'((?:val|test)/[^']+)'", str(err).split("metrics:", 1)[-1].split("HINT")[0]))
+        )
         return (
             f"{callback}: expected a metric the run logs ({', '.join(logged) or 'no validation metrics'}); "
             "set callbacks.model_checkpoint.monitor (or the callback that logs it back on)"

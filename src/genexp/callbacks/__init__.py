@@ -1,0 +1,1 @@
+"""Run-level callbacks: NaN guard, training cost, sample quality, sweep comparison."""
