@@ -69,14 +69,17 @@ def vae_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root / "vae"
 
 
-def test_an_int8_graph_that_misses_its_tolerance_is_a_line_and_the_fp32_graphs_ship(vae_run: Path) -> None:
-    out = vae_run / "strict"
-    done = run_cli(
-        [f"target={vae_run}", "quantize=int8", "tolerance=1e-9", "measure=false", f"out={out}"],
-        cwd=vae_run,
-        module="genexp.export",
-    )
+def export_int8(run: Path, folder: str, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """``genexp-export target=<run> quantize=int8 <extra>`` into ``run/folder``, which must succeed."""
+    out = run / folder
+    args = [f"target={run}", "quantize=int8", "measure=false", f"out={out}", *extra]
+    done = run_cli(args, cwd=run, module="genexp.export")
     assert done.returncode == 0, done.stderr[-2000:]
+    return done, out
+
+
+def test_an_int8_graph_that_misses_its_tolerance_is_a_line_and_the_fp32_graphs_ship(vae_run: Path) -> None:
+    done, out = export_int8(vae_run, "strict", "tolerance=1e-9")
     assert (
         "Traceback" not in done.stderr
         and "int8 not written: model.onnx at a relative error of" in done.stdout
@@ -165,13 +168,7 @@ def test_the_scheme_benchmark_prints_each_graph_under_each_scheme(vae_run: Path,
 
 
 def test_a_graph_for_another_kind_of_cpu_asks_for_7bit_weights(vae_run: Path) -> None:
-    out = vae_run / "portable"
-    done = run_cli(
-        [f"target={vae_run}", "quantize=int8", "int8_scheme=7bit", "measure=false", f"out={out}"],
-        cwd=vae_run,
-        module="genexp.export",
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
+    done, out = export_int8(vae_run, "portable", "int8_scheme=7bit")
     info = json.loads((out / "model.json").read_text())
     assert info["int8"]["scheme"] == {
         "weights_bits": 7,

@@ -4,8 +4,8 @@
   float32 (batch,) in [0, 1] -> the UNet's prediction, named after ``model.prediction`` (``v`` or ``eps``),
   float32 (batch, C, H, W); a dynamic batch axis on all three;
 - int8: static QDQ (the UNet is convolutions, as the GAN's and VAE's) of its Conv/Gemm/MatMul but the input
-  and output convs (``STATIC_INT8``; 7- or 8-bit weights by the CPU's int8 scheme), calibrated on the run's own training images noised at random times,
-  ``z_t = alpha_t x + sigma_t eps`` with ``x`` in [-1, 1] and ``t ~ U(0, 1)`` (seeded, so it is reproducible).
+  and output convs (``STATIC_INT8``; 7- or 8-bit weights by the CPU's int8 scheme), calibrated on the run's
+  own training images noised at random times, ``z_t = alpha_t x + sigma_t eps`` with ``x`` in [-1, 1] and ``t ~ U(0, 1)`` (seeded, so it is reproducible).
 
 ``model.json``'s ``usage`` holds what a numpy DDIM sampler needs: the image shape, the prediction type, the
 cosine schedule (its formula, the time range the log-SNR clipping leaves, and alpha/sigma precomputed on the
