@@ -21,6 +21,7 @@ from torchmetrics.text import Perplexity
 from genexp.checks.values import in_range, int_at_least, is_number, positive_int
 from genexp.data.text import CharVocab
 from genexp.models.base import GenerativeModule
+from genexp.models.kv_cache import Step, generate_cached, net_step
 from genexp.models.transformer import Transformer
 from genexp.runtime.errors import ConfigError
 
@@ -180,16 +181,43 @@ class GPT(GenerativeModule):
     # ----- sampling ----------------------------------------------------------------------------------
     @torch.no_grad()
     def generate_ids(
-        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        cache: bool = True,
     ) -> torch.Tensor:
-        """Extend each row of ``idx`` (B, T) by ``max_new_tokens`` sampled ids (context cropped to block_size)."""
-        for _ in range(max_new_tokens):
-            logits = self.net(idx[:, -self.block_size :])[:, -1, :] / temperature
+        """Extend each row of ``idx`` (B, T) by ``max_new_tokens`` sampled ids.
+
+        ``cache``: with a key/value cache (``models/kv_cache.py``: exact inside ``block_size``, re-filled from
+        the last ``block_size // 2`` ids when full), where the network has one (the torch ``Transformer``, or
+        an installed ``cached_decoder``); else the whole context, cropped to ``block_size``, every step.
+        """
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            logits = logits / temperature
             if top_k is not None and top_k < logits.shape[-1]:
                 kth = torch.topk(logits, top_k).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            idx = torch.cat([idx, torch.multinomial(F.softmax(logits, dim=-1), 1)], dim=1)
+            return torch.multinomial(F.softmax(logits, dim=-1), 1)
+
+        stepper = self.cached_step() if cache else None
+        if stepper is not None:
+            return generate_cached(*stepper, idx, max_new_tokens, self.block_size, pick)
+        for _ in range(max_new_tokens):
+            idx = torch.cat([idx, pick(self.net(idx[:, -self.block_size :])[:, -1, :])], dim=1)
         return idx
+
+    def cached_step(self) -> tuple[Step, Any] | None:
+        """``(step, empty_past)`` for ``generate_cached``: the torch network's, an installed ONNX Runtime
+        ``cached_decoder``'s, or None (no cache: e.g. only ``model.onnx`` installed)."""
+        decoder = getattr(self, "cached_decoder", None)
+        if decoder is not None:
+            return decoder.step, decoder.empty_past
+        if isinstance(self.net, Transformer):
+            return net_step(self.net)
+        return None
 
     def generate(
         self,
