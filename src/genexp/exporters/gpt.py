@@ -23,7 +23,7 @@ from genexp.deploy.onnx_runtime import OrtModule
 from genexp.exporters.registry import Exporter, data_batches, register_exporter
 from genexp.models.gpt import GPT
 from genexp.models.kv_cache import CachedDecoder, refill_length
-from genexp.runtime.errors import GenexpError, first_line
+from genexp.runtime.errors import GenexpError
 
 CACHED = "decoder_with_past"
 
@@ -154,7 +154,9 @@ class OrtCachedDecoder:
         try:
             results = self.session.run(None, feeds)
         except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types for bad feeds
-            raise GenexpError(f"{CACHED}.onnx: {first_line(err)[:300]}") from err
+            shapes = {name: list(x.shape) for name, x in feeds.items()}
+            detail = " ".join(str(err).split()).split("INVALID_ARGUMENT : ")[-1][:300]
+            raise GenexpError(f"{CACHED}.onnx: fed {shapes}: {detail}") from err
         out = [torch.from_numpy(np.ascontiguousarray(r)) for r in results]
         return out[0], out[1:]
 

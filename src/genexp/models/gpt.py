@@ -230,19 +230,31 @@ class GPT(GenerativeModule):
     ) -> str | list[str]:
         """Continue ``prompt`` by ``max_new_tokens`` characters; a list when ``num_samples > 1``.
 
-        Characters of ``prompt`` outside the vocabulary raise a ConfigError naming ``key``.
+        Characters of ``prompt`` outside the vocabulary, or more of them than the context holds, raise a
+        ConfigError naming ``key``.
         """
         int_at_least("max_new_tokens", max_new_tokens, 0)
         _check_sampling(temperature, top_k)
-        ids = self.encode(prompt, key=key)
-        if len(ids) == 0:
-            raise ConfigError(key, prompt, "at least one character to start from")
+        ids = self.check_prompt(prompt, key)
         was_training = self.training
         self.eval()
         out = self.generate_ids(ids.expand(num_samples, -1), max_new_tokens, temperature, top_k)
         self.train(was_training)
         texts = [prompt + self.decode(row[len(ids) :]) for row in out]
         return texts[0] if num_samples == 1 else texts
+
+    def check_prompt(self, prompt: str, key: str = "prompt") -> torch.Tensor:
+        """The ids of ``prompt``: one to ``block_size`` characters of the vocabulary, else a ConfigError."""
+        ids = self.encode(prompt, key=key)
+        if len(ids) == 0:
+            raise ConfigError(key, prompt, "at least one character to start from")
+        if len(ids) > self.block_size:
+            raise ConfigError(
+                key,
+                f"{len(ids)} characters",
+                f"at most data.block_size={self.block_size} characters (the model's context)",
+            )
+        return ids
 
     def sample(self, n: int, prompt: str | None = None) -> list[str]:
         """``n`` continuations of ``prompt`` (default ``model.sample_prompt``) with the configured settings."""
