@@ -138,5 +138,5 @@ def test_a_cached_decoder_of_another_model_is_refused_in_one_line(tmp_path: Path
         and "(2, 'batch', 4, 'past', 8)" in message
     )
     decoder = OrtCachedDecoder(session)  # no model to check against: the first call names the bad feed
-    with pytest.raises(GenexpError, match=r"^decoder_with_past.onnx: fed .*past_\d.* Expected: \d+"):
+    with pytest.raises(GenexpError, match=r"^decoder_with_past graph: fed .*past_\d.* Expected: \d+"):
         decoder.step(torch.tensor([[1]]), [torch.zeros(2, 1, 4, 0, 8), torch.zeros(2, 1, 4, 0, 8)])

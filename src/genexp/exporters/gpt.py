@@ -137,7 +137,7 @@ class OrtCachedDecoder:
         given = [list(i.shape) for i in session.get_inputs()[1:]]
         if wanted is not None and [_layout(g) for g in given] != [_layout(w) for w in wanted]:
             raise GenexpError(
-                f"{CACHED}.onnx: its past inputs are {[_layout(g) for g in given]} (2, batch, heads, past, "
+                f"{CACHED} graph: its past inputs are {[_layout(g) for g in given]} (2, batch, heads, past, "
                 f"head size), this model's cache is {[_layout(w) for w in wanted]}: the graph belongs to another "
                 "model (export the run again: genexp-export target=<run>)"
             )
@@ -156,7 +156,7 @@ class OrtCachedDecoder:
         except Exception as err:  # noqa: BLE001 - ORT raises its own pybind types for bad feeds
             shapes = {name: list(x.shape) for name, x in feeds.items()}
             detail = " ".join(str(err).split()).split("INVALID_ARGUMENT : ")[-1][:300]
-            raise GenexpError(f"{CACHED}.onnx: fed {shapes}: {detail}") from err
+            raise GenexpError(f"{CACHED} graph: fed {shapes}: {detail}") from err
         out = [torch.from_numpy(np.ascontiguousarray(r)) for r in results]
         return out[0], out[1:]
 
