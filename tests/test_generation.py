@@ -5,6 +5,9 @@ a cached graph of another model refused in one line, and state-dict keys unchang
 from __future__ import annotations
 
 import copy
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +16,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from conftest import FAST, REPO, run_cli
 from genexp.deploy.onnx_export import export_graph
 from genexp.exporters.gpt import GPTExporter, OrtCachedDecoder
 from genexp.models.gpt import GPT
@@ -140,3 +144,48 @@ def test_a_cached_decoder_of_another_model_is_refused_in_one_line(tmp_path: Path
     decoder = OrtCachedDecoder(session)  # no model to check against: the first call names the bad feed
     with pytest.raises(GenexpError, match=r"^decoder_with_past graph: fed .*past_\d.* Expected: \d+"):
         decoder.step(torch.tensor([[1]]), [torch.zeros(2, 1, 4, 0, 8), torch.zeros(2, 1, 4, 0, 8)])
+
+
+def test_generation_benchmark_prints_tokens_per_s_with_and_without_the_cache_and_the_quality(
+    tmp_path: Path,
+) -> None:
+    """``benchmarks/generation.py`` as docs/deploy.md shows it, at a tiny scale (a 2-step run, short generations)."""
+    text = tmp_path / "text.txt"
+    text.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n" * 40, encoding="utf-8")
+    tiny = [
+        "model=gpt",
+        "data=text",
+        f"data.path={text}",
+        "model.n_layer=1",
+        "model.n_embd=32",
+        "model.n_head=4",
+    ]
+    tiny += [
+        "data.block_size=16",
+        "data.batches_per_epoch=2",
+        "data.val_batches=1",
+        "model.sample_every_n_epochs=0",
+    ]
+    trained = run_cli([*FAST, *tiny, "test=false", "logger=csv", "hydra.run.dir=run"], tmp_path)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    script = REPO / "benchmarks" / "generation.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--run", str(tmp_path / "run"), "--new-tokens", "40", "--rounds", "1"]
+        + ["--long-tokens", "50", "--long-samples", "2"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO / "src")},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert out.lstrip().startswith("CPU: ") and "x = cache / no cache" in out
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith("| run | 16 |")]
+    assert [row[2] for row in rows[:3]] == ["torch fp32 eager", "onnxruntime fp32", "onnxruntime int8"]
+    for row in rows[:3]:
+        no_cache, cache, ratio = (float(cell.strip(" |").replace(",", "")) for cell in row[3:6])
+        assert no_cache > 0 and cache > 0 and ratio > 0  # (the cells are rounded: no exact quotient)
+    quality = rows[3]
+    crop, cached, ratio = (float(cell.strip(" |")) for cell in quality[2:5])
+    assert 0 < crop < 10 and 0 < cached < 10 and ratio == pytest.approx(cached / crop, abs=1e-3)
