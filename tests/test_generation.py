@@ -189,3 +189,21 @@ def test_generation_benchmark_prints_tokens_per_s_with_and_without_the_cache_and
     quality = rows[3]
     crop, cached, ratio = (float(cell.strip(" |")) for cell in quality[2:5])
     assert 0 < crop < 10 and 0 < cached < 10 and ratio == pytest.approx(cached / crop, abs=1e-3)
+
+
+def test_the_256_recipe_is_the_baby_gpt_with_a_4x_context_and_trains(compose_train, tmp_path: Path) -> None:
+    from genexp.train import train
+
+    baby = compose_train(["experiment=gpt_shakespeare_cpu"])
+    text = tmp_path / "text.txt"
+    text.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n" * 40, encoding="utf-8")
+    full = compose_train(["experiment=gpt_shakespeare_256"])
+    assert full.data.block_size == 256 and baby.data.block_size == 64
+    for key in ("n_layer", "n_head", "n_embd", "dropout", "bias"):
+        assert full.model[key] == baby.model[key], key
+    assert full.scheduler.scheduler.total_steps == full.trainer.max_epochs * full.data.batches_per_epoch
+    small = ["data.batch_size=2", "data.val_batches=1", "model.sample_tokens=10", "test=false"]
+    cfg = compose_train(["experiment=gpt_shakespeare_256", f"data.path={text}", *FAST, *small])
+    train(cfg)
+    model = GPT.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
+    assert model.block_size == 256 and len(model.generate("ROMEO:", 260)) == 266  # past the window, cached
