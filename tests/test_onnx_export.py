@@ -309,6 +309,14 @@ def test_eval_measures_an_onnx_graph_like_a_checkpoint(runs: dict[str, Path], tm
         info["quality"]["int8"]["test/loss"], rel=1e-6
     )  # same split, same graph
     assert {r["backend"] for r in row["latency_backends"]["rows"]} >= {"torch fp32 eager", "onnxruntime int8"}
+    speeds = row["latency_backends"]["generation_tokens_per_s"]  # with and without the cache, per backend
+    assert (
+        set(speeds["onnxruntime int8"]) == set(speeds["torch fp32 eager"]) == {"no_cache", "cache", "speedup"}
+    )
+    report_md = (tmp_path / "eval" / "report.md").read_text()
+    assert re.search(
+        r"generation onnxruntime int8 \(tokens/s, 256 new\) \| no cache [\d,]+, cache [\d,]+ \(", report_md
+    )
 
 
 def test_compare_mixes_torch_and_onnx_rows(runs: dict[str, Path], tmp_path: Path) -> None:
