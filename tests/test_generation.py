@@ -93,6 +93,10 @@ def test_bad_generation_input_names_the_key() -> None:
         model.generate("AB", max_new_tokens=-1)
     with pytest.raises(ConfigError, match=r"prompt='17 characters': expected at most data.block_size=16"):
         model.generate("A" * 17, max_new_tokens=2)
+    with pytest.raises(
+        ConfigError, match=r"model.sample_prompt='17 characters': expected at most data.block_size"
+    ):
+        GPT(len(VOCAB), 16, VOCAB, n_layer=1, n_head=2, n_embd=16, sample_prompt="A" * 17)
 
 
 @pytest.mark.parametrize("fused", [False, True], ids=["standard_ops", "fused_attention"])

@@ -59,7 +59,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("num_samples"):  # bad sampling input fails before the measurement, not after it
         int_at_least("max_new_tokens", cfg.get("max_new_tokens"), 0, allow_none=True)
         if cfg.get("prompt") is not None and hasattr(loaded.model, "check_prompt"):
-            loaded.model.check_prompt(cfg.prompt)
+            loaded.model.check_prompt(str(cfg.prompt))
     row = measure_target(loaded, cfg.trainer, build_callbacks(cfg), settings, loggers=build_loggers(cfg))
     write_json(output_dir / "report.json", row)
     (output_dir / "report.md").write_text(single_markdown(row), encoding="utf-8")

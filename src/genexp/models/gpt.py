@@ -90,8 +90,12 @@ class GPT(GenerativeModule):
         self.sample_prompt, self.sample_tokens = sample_prompt, sample_tokens
         self.temperature, self.top_k = temperature, top_k
         _check_sampling(temperature, top_k, "model.")
-        if self.vocab is not None:
-            self.encode(sample_prompt, key="model.sample_prompt")
+        if self.vocab is not None and len(self.encode(sample_prompt, key="model.sample_prompt")) > block_size:
+            raise ConfigError(
+                "model.sample_prompt",
+                f"{len(sample_prompt)} characters",
+                f"at most data.block_size={block_size} characters (the model's context)",
+            )
         self.net = Transformer(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias)
         self.net.activation_checkpointing = _recompute_mode(activation_checkpointing)
         if compile:
