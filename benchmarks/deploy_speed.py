@@ -5,7 +5,9 @@ family's batch (GPT 16x64, GAN/VAE 64); ratios are against the *dense run's torc
 batch. That is repeated in ``--trials`` fresh processes (3 by default): on a small VM one process's timings
 can sit 10-40% off the next one's (thread placement, memory layout), so the table gives the median time and
 the median (min-max) ratio over processes. Quality: the family's test metric (GPT test loss, VAE -ELBO, GAN
-domain FID) of each variant on the same split; GPT generation tokens/s for 256 new tokens. The CPU, its
+domain FID) of each variant on the same split; GPT generation tokens/s for 256 new tokens, without and with the
+key/value cache (``x cache``: cache / no cache of the same variant; ``benchmarks/generation.py`` has the
+interleaved table and the quality check). The CPU, its
 int8/bf16 flags, the thread count and ``OMP_WAIT_POLICY`` are printed: leave that unset, as a deployment
 would (``PASSIVE`` slows torch eager, not ONNX Runtime, and the script warns).
 
@@ -36,6 +38,7 @@ import torch
 from omegaconf import OmegaConf
 
 from _harness import add_trial_options, genexp_train, latency_header, spread, trial_processes
+from generation import steps as generation_steps
 from genexp.checkpoints.rebuild import load_any
 from genexp.deploy import latency
 from genexp.deploy.onnx_package import write_package
@@ -194,6 +197,20 @@ def generation(item: dict[str, Any]) -> dict[str, float]:
     return out
 
 
+def generation_cached(item: dict[str, Any]) -> dict[str, float]:
+    """Tokens/s with the key/value cache (``decoder_with_past``; benchmarks/generation.py has the full table)."""
+    model: GPT = item["loaded"].model
+    prompt = model.encode(model.sample_prompt).cpu().numpy().reshape(1, -1)
+    calls = generation_steps(model, item["folder"])
+    return {
+        variant: latency.tokens_per_s_cached(
+            calls[variant][1], calls[variant][2], prompt, 256, model.block_size
+        )
+        for variant in timed_variants(item)
+        if variant in calls
+    }
+
+
 def time_items(items: list[dict[str, Any]], repeats: int, rounds: int) -> dict[str, Any]:
     """One process's timings: ``{run: {variant: {batch: ms}}}`` interleaved, and GPT generation tokens/s."""
     calls, where = {}, {}
@@ -203,12 +220,13 @@ def time_items(items: list[dict[str, Any]], repeats: int, rounds: int) -> dict[s
                 calls[(i, variant, batch)] = call
                 where[(i, variant, batch)] = (item["run"].name, variant, str(batch))
     timed = latency.interleaved_latency(calls, repeats, 3, rounds)  # type: ignore[arg-type]
-    out: dict[str, Any] = {"ms": {}, "tokens_per_s": {}}
+    out: dict[str, Any] = {"ms": {}, "tokens_per_s": {}, "tokens_per_s_cached": {}}
     for key, (run, variant, batch) in where.items():
         out["ms"].setdefault(run, {}).setdefault(variant, {})[batch] = timed[key]["median_ms"]
     for item in items:
         if item["family"].name == "gpt":
             out["tokens_per_s"][item["run"].name] = generation(item)
+            out["tokens_per_s_cached"][item["run"].name] = generation_cached(item)
     return out
 
 
@@ -224,8 +242,11 @@ def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args:
             "warning: OMP_WAIT_POLICY=PASSIVE puts torch's OpenMP threads to sleep after every op: torch eager "
             "is 20-90% slower with it, ONNX Runtime (its own threads) is not, so the ratios flatter ONNX Runtime\n"
         )
-    print("| family | run | backend | params | quality | batch B, ms | x | batch 1, ms | x | tokens/s | x |")
-    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print(
+        "| family | run | backend | params | quality | batch B, ms | x | batch 1, ms | x | tokens/s | x "
+        "| tokens/s, cache | x cache |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     dense_of: dict[str, str] = {}
     for item in items:
         dense_of.setdefault(item["family"].name, item["run"].name)
@@ -237,7 +258,7 @@ def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args:
                 missed = spec["missed"]
                 print(
                     f"| {fam} | {run} | {variant} | {item['params']:,} | not written: relative error "
-                    f"{missed['relative_error']:.3f} > tolerance {missed['tolerance']} | – | – | – | – | – | – |"
+                    f"{missed['relative_error']:.3f} > tolerance {missed['tolerance']} | – | – | – | – | – | – | – | – |"
                 )
                 continue
             cells = []
@@ -254,8 +275,13 @@ def print_table(items: list[dict[str, Any]], trials: list[dict[str, Any]], args:
                     for t in trials
                 ]
                 cells += [f"{statistics.median(tok):,.0f}", spread(ratios)]
+                cached = [t["tokens_per_s_cached"][run][variant] for t in trials]
+                gains = [
+                    t["tokens_per_s_cached"][run][variant] / t["tokens_per_s"][run][variant] for t in trials
+                ]
+                cells += [f"{statistics.median(cached):,.0f}", spread(gains)]
             else:
-                cells += ["–", "–"]
+                cells += ["–", "–", "–", "–"]
             print(
                 f"| {fam} | {run} | {variant} | {item['params']:,} | {spec['quality']:.5g} | "
                 + " | ".join(cells)

@@ -128,6 +128,12 @@ COVERED: dict[str, tuple[str, ...]] = {
     "tests/test_train_cost.py::test_gpu_check_says_there_is_no_gpu_and_exits_0": (
         r"^python benchmarks/gpu_check\.py$",
     ),
+    "tests/test_generation.py::test_generation_benchmark_prints_tokens_per_s_with_and_without_the_cache_and_the_quality": (
+        r"^python benchmarks/generation\.py ",
+    ),
+    "tests/test_generation.py::test_the_256_recipe_is_the_baby_gpt_with_a_4x_context_and_trains": (
+        r"^genexp-train experiment=gpt_shakespeare_256 ",
+    ),
     "tests/test_deploy_speed.py::test_onnx_rewrites_prints_the_gan_rewrite_table": (
         r"^python benchmarks/onnx_rewrites\.py$",
     ),

@@ -309,6 +309,14 @@ def test_eval_measures_an_onnx_graph_like_a_checkpoint(runs: dict[str, Path], tm
         info["quality"]["int8"]["test/loss"], rel=1e-6
     )  # same split, same graph
     assert {r["backend"] for r in row["latency_backends"]["rows"]} >= {"torch fp32 eager", "onnxruntime int8"}
+    speeds = row["latency_backends"]["generation_tokens_per_s"]  # with and without the cache, per backend
+    assert (
+        set(speeds["onnxruntime int8"]) == set(speeds["torch fp32 eager"]) == {"no_cache", "cache", "speedup"}
+    )
+    report_md = (tmp_path / "eval" / "report.md").read_text()
+    assert re.search(
+        r"generation onnxruntime int8 \(tokens/s, 256 new\) \| no cache [\d,]+, cache [\d,]+ \(", report_md
+    )
 
 
 def test_compare_mixes_torch_and_onnx_rows(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -386,3 +394,105 @@ def test_a_run_folder_without_checkpoints_is_refused(runs: dict[str, Path], tmp_
         export(compose_cfg("export", [f"target={broken}"], tmp_path / "x"))
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith(f"genexp: error: target={broken}: no checkpoint in") and _snapshot(broken) == before
+
+
+def test_the_gpt_export_ships_a_cached_decoder_that_matches_torch(runs: dict[str, Path]) -> None:
+    import onnx
+
+    folder = runs["gpt"] / "export"
+    info = json.loads((folder / "model.json").read_text())
+    assert {"decoder_with_past.onnx", "decoder_with_past.int8.onnx"} <= set(info["graphs"])
+    main = info["graphs"]["model.onnx"]  # model.onnx as before: tokens in, logits out
+    assert [i["name"] for i in main["inputs"]] == ["tokens"] and [o["name"] for o in main["outputs"]] == [
+        "logits"
+    ]
+    cached = info["usage"]["cached"]
+    assert cached["inputs"] == ["tokens", "past_0"] and cached["outputs"] == ["logits", "present_0"]
+    assert cached["empty_past"] == {"past_0": [2, 1, 4, 0, 8]} and cached["refill"] == 8
+    decoder = info["graphs"]["decoder_with_past.onnx"]
+    assert decoder["inputs"][1]["shape"] == [2, "batch", 4, "past", 8]
+    ops = {node.op_type for node in onnx.load(str(folder / "decoder_with_past.int8.onnx")).graph.node}
+    assert "QAttention" in ops  # fused attention with past, in int8
+    assert info["graphs"]["decoder_with_past.int8.onnx"]["quantization"]["check"]["relative_error"] <= 0.1
+    speeds = info["latency"]["generation_tokens_per_s"]
+    for backend in ("torch fp32 eager", "onnxruntime fp32", "onnxruntime int8"):
+        assert set(speeds[backend]) == {"no_cache", "cache", "speedup"}, backend
+        assert speeds[backend]["speedup"] == pytest.approx(
+            speeds[backend]["cache"] / speeds[backend]["no_cache"]
+        )
+    assert info["latency"]["generation"]["new_tokens"] == 256
+    # The trained weights, step by step from an empty past, against torch's whole-sequence logits.
+    model = load_any(runs["gpt"] / "checkpoints" / "last.ckpt").model.eval()
+    session = ort.InferenceSession(str(folder / "decoder_with_past.onnx"), providers=["CPUExecutionProvider"])
+    ids = model.encode("ROMEO:\nBut soft, w")[None, :16].cpu()
+    with torch.no_grad():
+        expected = model.net(ids).numpy()
+    past = {name: np.zeros(shape, np.float32) for name, shape in cached["empty_past"].items()}
+    for start, end in ((0, 5), (5, 6), (6, 16)):
+        logits, *present = session.run(None, {"tokens": ids[:, start:end].numpy(), **past})
+        assert np.abs(logits - expected[:, start:end]).max() < 1e-4
+        past = dict(zip(cached["inputs"][1:], present, strict=True))
+
+
+def test_eval_samples_through_the_cached_graph_and_refuses_bad_generation_input(
+    runs: dict[str, Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from genexp.deploy.onnx_export import export_graph
+    from genexp.exporters.gpt import GPTExporter
+    from genexp.models.gpt import GPT
+
+    graph = runs["gpt"] / "export" / "model.int8.onnx"
+    quick = ["report.backends=false", "report.repeats=2", "report.gpu=false", "trainer.limit_test_batches=1"]
+    quick += ["trainer.enable_progress_bar=false", "num_samples=1"]
+
+    def evaluate(target: Path, *extra: str) -> subprocess.CompletedProcess:
+        args = [f"target={target}", *quick, *extra, f"hydra.run.dir=e{len(list(tmp_path.iterdir()))}"]
+        return run_cli(args, tmp_path, "genexp.evaluate", env=PASSIVE)
+
+    done = evaluate(graph, "max_new_tokens=40", "prompt=ROMEO:")
+    assert done.returncode == 0, done.stderr[-2000:]
+    sample = done.stdout.split("----- sample 0 -----\n")[1]
+    assert sample.startswith("ROMEO:") and len(sample.rstrip("\n")) == 46  # past the 16-character window
+    copy = tmp_path / "export"
+    shutil.copytree(graph.parent, copy)
+    vocab = json.loads((copy / "model.json").read_text())["usage"]["vocab"]
+    other = GPT(len(vocab), 16, vocab, n_layer=1, n_head=2, n_embd=32)  # the run's has 4 heads of 8
+    export_graph(GPTExporter().graphs(other, 1)[1], copy / "decoder_with_past.int8.onnx", 17)
+    for target, extra, words in (
+        (graph, ["max_new_tokens=-1"], "max_new_tokens=-1: expected an integer >= 0"),
+        (graph, ["prompt=" + "ROMEO:" * 3], "prompt='18 characters': expected at most data.block_size=16"),
+        (
+            copy / "model.int8.onnx",
+            [],
+            "decoder_with_past graph: its past inputs are [(2, 'batch', 2, 'past', 16)]",
+        ),
+    ):
+        done = evaluate(target, *extra)
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert lines[-1].startswith("genexp: error: ") and words in lines[-1], lines[-1]
+
+
+def test_an_export_from_before_the_cache_still_evaluates(runs: dict[str, Path], tmp_path: Path) -> None:
+    import shutil
+
+    from genexp.report.onnx_target import load_target
+    from genexp.report.tables import generation_text
+
+    old = tmp_path / "export"
+    shutil.copytree(runs["gpt"] / "export", old)
+    info = json.loads((old / "model.json").read_text())
+    for name in ("decoder_with_past.onnx", "decoder_with_past.int8.onnx"):
+        (old / name).unlink()
+        info["graphs"].pop(name)
+    info["usage"].pop("cached")
+    (old / "model.json").write_text(json.dumps(info))
+    loaded = load_target(old / "model.onnx")
+    assert getattr(loaded.model, "cached_decoder", None) is None and loaded.model.cached_step() is None
+    ids = loaded.model.encode("ROMEO:")[None]
+    got = loaded.model.generate_ids(ids, 30, top_k=1)  # crop-every-step through model.onnx
+    torch_model = load_any(runs["gpt"] / "checkpoints" / "last.ckpt").model.eval()
+    assert torch.equal(got, torch_model.generate_ids(ids, 30, top_k=1, cache=False))
+    assert generation_text(1234.4) == "1,234"  # an old report's single figure

@@ -21,6 +21,7 @@ from rich.console import Console
 
 from genexp.checkpoints.rebuild import trust
 from genexp.checks.run import check_trainer
+from genexp.checks.values import int_at_least
 from genexp.models.base import GenerativeModule
 from genexp.report.compare import compare_runs
 from genexp.report.measure_run import SpeedSettings, measure_target
@@ -55,6 +56,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         return summary
 
     loaded = load_target(value, key=mode, data=data)  # type: ignore[arg-type]
+    if cfg.get("num_samples"):  # bad sampling input fails before the measurement, not after it
+        int_at_least("max_new_tokens", cfg.get("max_new_tokens"), 0, allow_none=True)
+        if cfg.get("prompt") is not None and hasattr(loaded.model, "check_prompt"):
+            loaded.model.check_prompt(str(cfg.prompt))
     row = measure_target(loaded, cfg.trainer, build_callbacks(cfg), settings, loggers=build_loggers(cfg))
     write_json(output_dir / "report.json", row)
     (output_dir / "report.md").write_text(single_markdown(row), encoding="utf-8")
@@ -62,7 +67,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     write_json(output_dir / "metrics.json", metrics)
     print_single(row, Console(width=160))
     if cfg.get("num_samples"):
-        _print_samples(loaded.model, cfg.num_samples, cfg.get("prompt"))
+        _print_samples(loaded.model, cfg.num_samples, cfg.get("prompt"), cfg.get("max_new_tokens"))
     return row
 
 
@@ -78,9 +83,15 @@ def _chosen(cfg: DictConfig) -> tuple[str, Any]:
     return given[0]
 
 
-def _print_samples(model: GenerativeModule, n: int, prompt: str | None) -> None:
-    """Text models: print ``n`` samples (continuing ``prompt`` when given)."""
-    texts = model.sample(n) if prompt is None else model.sample(n, prompt=prompt)  # type: ignore[call-arg]
+def _print_samples(model: GenerativeModule, n: int, prompt: str | None, max_new_tokens: Any = None) -> None:
+    """Text models: print ``n`` samples (continuing ``prompt`` when given, ``max_new_tokens`` characters long
+    when given, else ``model.sample_tokens``)."""
+    if max_new_tokens is not None and hasattr(model, "generate"):
+        start = model.sample_prompt if prompt is None else prompt  # type: ignore[attr-defined]
+        texts = model.generate(start, max_new_tokens, model.temperature, model.top_k, n)  # type: ignore[attr-defined,operator]
+        texts = [texts] if isinstance(texts, str) else texts
+    else:
+        texts = model.sample(n) if prompt is None else model.sample(n, prompt=prompt)  # type: ignore[call-arg]
     if isinstance(texts, list):
         for i, text in enumerate(texts):
             print(f"----- sample {i} -----\n{text}")

@@ -3,7 +3,8 @@
 ``cpu_latency_ms`` is the one CPU figure of a module (``compression.json``, the report, TensorBoard and the
 benchmarks use it). ``interleaved_latency`` times several calls (torch modules, ONNX Runtime sessions) in
 alternating rounds in one process, so that a shared machine's load drifts over all of them alike (a sweep's
-ratios stay honest): median and p10/p90 spread. ``tokens_per_s`` is text generation throughput;
+ratios stay honest): median and p10/p90 spread. ``tokens_per_s`` is text generation throughput
+(``tokens_per_s_cached`` with a key/value cache);
 ``cpu_name``, ``cpu_flags`` and ``omp_wait_policy`` say which CPU measured it, and how.
 """
 
@@ -122,6 +123,28 @@ def tokens_per_s(
     for _ in range(new_tokens):
         logits = next_logits(ids[:, -block_size:])
         ids = np.concatenate([ids, logits.argmax(-1).reshape(1, 1).astype(np.int64)], axis=1)
+    return new_tokens / (time.perf_counter() - start)
+
+
+def tokens_per_s_cached(
+    step: Callable[[np.ndarray, list[np.ndarray]], tuple[np.ndarray, list[np.ndarray]]],
+    empty_past: list[np.ndarray],
+    prompt: np.ndarray,
+    new_tokens: int,
+    block_size: int,
+) -> float:
+    """``tokens_per_s`` with a key/value cache: ``step(new_ids, past) -> (logits, present)`` sees only the ids
+    not yet cached; when the next would not fit in ``block_size``, the cache re-fills from the last
+    ``block_size // 2`` ids (``genexp.models.kv_cache``'s strategy, in numpy)."""
+    ids = prompt.astype(np.int64)
+    past, new = empty_past, ids[:, -block_size:]
+    start = time.perf_counter()
+    for _ in range(new_tokens):
+        if past[0].shape[3] + new.shape[1] > block_size:
+            past, new = empty_past, ids[:, -max(1, block_size // 2) :]
+        logits, past = step(new, past)
+        new = logits[:, -1].argmax(-1).reshape(1, 1).astype(np.int64)
+        ids = np.concatenate([ids, new], axis=1)
     return new_tokens / (time.perf_counter() - start)
 
 

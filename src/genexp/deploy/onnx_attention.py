@@ -51,6 +51,45 @@ class _Attention(torch.autograd.Function):
         return out
 
 
+class _AttentionPast(torch.autograd.Function):
+    """``_Attention`` after cached positions: ``past`` (2, B, heads, P, head_size) in, ``present`` out; exports
+    as the same op with its ``past`` input and ``present`` output (position ``P + i`` sees keys ``<= P + i``)."""
+
+    @staticmethod
+    def forward(
+        ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, past: torch.Tensor, n_head: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        width = weight.shape[1] // 3
+        q, k, v = (x @ weight + bias).split(width, dim=2)
+        q, k, v = (t.view(B, T, n_head, width // n_head).transpose(1, 2) for t in (q, k, v))
+        present = torch.stack([torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)])
+        total = present.shape[3]
+        mask = torch.arange(total)[None, :] <= torch.arange(T)[:, None] + (total - T)
+        y = F.scaled_dot_product_attention(q, present[0], present[1], attn_mask=mask)
+        return y.transpose(1, 2).reshape(B, T, width), present
+
+    @staticmethod
+    def symbolic(g: Any, x: Any, weight: Any, bias: Any, past: Any, n_head: int) -> Any:
+        missing = g.op("prim::Constant")  # no mask_index
+        missing.setType(torch._C.OptionalType.ofTensor())
+        out, present = g.op(
+            f"{DOMAIN}::Attention",
+            x,
+            weight,
+            bias,
+            missing,
+            past,
+            num_heads_i=n_head,
+            unidirectional_i=1,
+            outputs=2,
+        )
+        sizes = x.type().sizes() or [None, None]
+        out.setType(x.type().with_sizes([*sizes[:2], weight.type().sizes()[1] // 3]))
+        present.setType(past.type())
+        return out, present
+
+
 class FusedAttention(nn.Module):
     """An attention module's weights as the fused op wants them: ``(in, 3 * width)`` and a ``3 * width`` bias."""
 
@@ -66,6 +105,11 @@ class FusedAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.resid_dropout(self.proj(_Attention.apply(x, self.weight, self.bias, self.n_head)))
+
+    def forward_cached(self, x: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` after cached keys and values (the GPT's ``forward_cached``): output and present."""
+        y, present = _AttentionPast.apply(x, self.weight, self.bias, past, self.n_head)
+        return self.resid_dropout(self.proj(y)), present
 
 
 def fuse_attention(net: nn.Module) -> int:

@@ -50,7 +50,8 @@ class Family:
     batch)`` batches for the main graph's input from the run's data (calibration and the int8 check);
     ``feeds(graph, batches)`` those batches as that graph's feeds; ``int8`` the ONNX Runtime method (``dynamic``
     or ``static``); ``usage`` what model.json says about sampling; ``text`` ``(prompt ids, block_size)`` for
-    generation throughput, or None; ``static_options`` narrow the static int8 (``onnx_quantize.quantize_graph``).
+    generation throughput, or None; ``cached`` the stem of a cached decoder graph (``tokens`` and ``past_<i>``
+    in, ``logits`` and ``present_<i>`` out), or None; ``static_options`` narrow the static int8 (``onnx_quantize.quantize_graph``).
     """
 
     name: str
@@ -61,6 +62,7 @@ class Family:
     int8: str
     usage: dict[str, Any]
     text: tuple[Any, int] | None = None
+    cached: str | None = None  # the stem of the cached decoder graph (past in, present out), if any
     static_options: dict[str, Any] = field(default_factory=dict)
 
 

@@ -27,6 +27,7 @@ from genexp.deploy.latency import (
     interleaved_latency,
     omp_wait_policy,
     tokens_per_s,
+    tokens_per_s_cached,
     torch_call,
 )
 from genexp.deploy.onnx_export import FORMAT, Family, Graph, export_graph, initializer_counts, io_of
@@ -184,7 +185,7 @@ def latency_table(
     warmup: int = 3,
 ) -> dict[str, Any]:
     """Latency of torch eager fp32, ORT fp32 and ORT int8 (where written), at batch 1 and ``batch_size``,
-    interleaved in one process; GPT generation tokens/s for 256 new tokens."""
+    interleaved in one process; GPT generation tokens/s for 256 new tokens, with and without the cache."""
     main = family.graphs(1)[0]
     sessions = {"onnxruntime fp32": open_session(folder / main.file)}
     if (folder / main.int8_file()).is_file():
@@ -213,15 +214,31 @@ def latency_table(
         "rounds": rounds,
     }
     if family.text is not None:
-        out["generation_tokens_per_s"] = generation_speed(family.text, main, sessions)
+        graphs = family.graphs(1)
+        cached = next((g for g in graphs if g.stem == family.cached), None)
+        out["generation_tokens_per_s"] = generation_speed(
+            family.text, main, sessions, cached=cached, folder=folder
+        )
+        out["generation"] = {
+            "new_tokens": GENERATION_TOKENS,
+            "prompt_tokens": int(family.text[0].shape[1]),
+            "greedy": True,
+            "cache": "key/value cache; when full, re-filled from the last block_size // 2 ids",
+        }
     return out
 
 
 def generation_speed(
-    text: tuple[np.ndarray, int], main: Graph, sessions: dict[str, Any], new_tokens: int = GENERATION_TOKENS
-) -> dict[str, float]:
-    """Greedy tokens/s for ``new_tokens`` new tokens from a prompt ``(ids, block_size)``, per backend (no KV
-    cache on either)."""
+    text: tuple[np.ndarray, int],
+    main: Graph,
+    sessions: dict[str, Any],
+    new_tokens: int = GENERATION_TOKENS,
+    cached: Graph | None = None,
+    folder: Path | None = None,
+) -> dict[str, dict[str, float]]:
+    """Greedy tokens/s for ``new_tokens`` new tokens from a prompt ``(ids, block_size)``, per backend:
+    ``no_cache`` (the whole context, cropped to block_size, every step), ``cache`` (the ``cached`` decoder
+    graph, ``folder``'s fp32 and int8 files, and its torch module) and ``speedup`` (cache / no_cache)."""
     prompt, block_size = text
     net = main.module
 
@@ -229,9 +246,36 @@ def generation_speed(
         with torch.inference_mode():
             return net(torch.from_numpy(ids))[:, -1].numpy()
 
-    speeds = {"torch fp32 eager": tokens_per_s(torch_next, prompt, new_tokens, block_size)}
+    speeds = {"torch fp32 eager": {"no_cache": tokens_per_s(torch_next, prompt, new_tokens, block_size)}}
     for name, session in sessions.items():
-        speeds[name] = tokens_per_s(
-            lambda ids, s=session: s.run(None, {"tokens": ids})[0][:, -1], prompt, new_tokens, block_size
-        )
+        speeds[name] = {
+            "no_cache": tokens_per_s(
+                lambda ids, s=session: s.run(None, {"tokens": ids})[0][:, -1], prompt, new_tokens, block_size
+            )
+        }
+    if cached is None or folder is None:
+        return speeds
+    empty = [
+        np.zeros((*p.shape[:1], 1, *p.shape[2:3], 0, *p.shape[4:]), np.float32) for p in cached.example[1:]
+    ]
+    decoder = cached.module
+
+    def torch_step(ids: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+        with torch.inference_mode():
+            out = decoder(torch.from_numpy(ids), *(torch.from_numpy(p) for p in past))
+        return out[0].numpy(), [p.numpy() for p in out[1:]]
+
+    steps = {"torch fp32 eager": torch_step}
+    for name, file in (("onnxruntime fp32", cached.file), ("onnxruntime int8", cached.int8_file())):
+        if name in sessions and (folder / file).is_file():
+            session = open_session(folder / file)
+
+            def ort_step(ids: np.ndarray, past: list[np.ndarray], s: Any = session) -> Any:
+                out = s.run(None, {"tokens": ids, **dict(zip(cached.inputs[1:], past, strict=True))})
+                return out[0], out[1:]
+
+            steps[name] = ort_step
+    for name, step in steps.items():
+        speeds[name]["cache"] = tokens_per_s_cached(step, empty, prompt, new_tokens, block_size)
+        speeds[name]["speedup"] = speeds[name]["cache"] / speeds[name]["no_cache"]
     return speeds

@@ -34,6 +34,7 @@ E = TypeVar("E", bound="type[Exporter]")
 class Exporter:
     """The default export of any ``GenerativeModule``: its ``deployable()`` on its ``example_input()``."""
 
+    cached: str | None = None  # the stem of a cached decoder graph (GPT: decoder_with_past)
     int8 = "dynamic"  # the default: weights-only int8 of MatMul/Gemm, which needs no representative data
     static_options: dict[str, Any] = {}
 
@@ -148,6 +149,7 @@ def family_of(model: GenerativeModule, datamodule: Any = None, fused_attention: 
         int8=exporter.int8,
         usage=exporter.usage(model),
         text=exporter.text(model),
+        cached=exporter.cached,
         static_options=dict(exporter.static_options),
     )
 

@@ -21,6 +21,7 @@ from torchmetrics.text import Perplexity
 from genexp.checks.values import in_range, int_at_least, is_number, positive_int
 from genexp.data.text import CharVocab
 from genexp.models.base import GenerativeModule
+from genexp.models.kv_cache import Step, generate_cached, net_step
 from genexp.models.transformer import Transformer
 from genexp.runtime.errors import ConfigError
 
@@ -89,8 +90,12 @@ class GPT(GenerativeModule):
         self.sample_prompt, self.sample_tokens = sample_prompt, sample_tokens
         self.temperature, self.top_k = temperature, top_k
         _check_sampling(temperature, top_k, "model.")
-        if self.vocab is not None:
-            self.encode(sample_prompt, key="model.sample_prompt")
+        if self.vocab is not None and len(self.encode(sample_prompt, key="model.sample_prompt")) > block_size:
+            raise ConfigError(
+                "model.sample_prompt",
+                f"{len(sample_prompt)} characters",
+                f"at most data.block_size={block_size} characters (the model's context)",
+            )
         self.net = Transformer(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias)
         self.net.activation_checkpointing = _recompute_mode(activation_checkpointing)
         if compile:
@@ -180,16 +185,43 @@ class GPT(GenerativeModule):
     # ----- sampling ----------------------------------------------------------------------------------
     @torch.no_grad()
     def generate_ids(
-        self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None
+        self,
+        idx: torch.Tensor,
+        max_new_tokens: int,
+        temperature: float = 1.0,
+        top_k: int | None = None,
+        cache: bool = True,
     ) -> torch.Tensor:
-        """Extend each row of ``idx`` (B, T) by ``max_new_tokens`` sampled ids (context cropped to block_size)."""
-        for _ in range(max_new_tokens):
-            logits = self.net(idx[:, -self.block_size :])[:, -1, :] / temperature
+        """Extend each row of ``idx`` (B, T) by ``max_new_tokens`` sampled ids.
+
+        ``cache``: with a key/value cache (``models/kv_cache.py``: exact inside ``block_size``, re-filled from
+        the last ``block_size // 2`` ids when full), where the network has one (the torch ``Transformer``, or
+        an installed ``cached_decoder``); else the whole context, cropped to ``block_size``, every step.
+        """
+
+        def pick(logits: torch.Tensor) -> torch.Tensor:
+            logits = logits / temperature
             if top_k is not None and top_k < logits.shape[-1]:
                 kth = torch.topk(logits, top_k).values[:, -1:]
                 logits = logits.masked_fill(logits < kth, float("-inf"))
-            idx = torch.cat([idx, torch.multinomial(F.softmax(logits, dim=-1), 1)], dim=1)
+            return torch.multinomial(F.softmax(logits, dim=-1), 1)
+
+        stepper = self.cached_step() if cache else None
+        if stepper is not None:
+            return generate_cached(*stepper, idx, max_new_tokens, self.block_size, pick)
+        for _ in range(max_new_tokens):
+            idx = torch.cat([idx, pick(self.net(idx[:, -self.block_size :])[:, -1, :])], dim=1)
         return idx
+
+    def cached_step(self) -> tuple[Step, Any] | None:
+        """``(step, empty_past)`` for ``generate_cached``: the torch network's, an installed ONNX Runtime
+        ``cached_decoder``'s, or None (no cache: e.g. only ``model.onnx`` installed)."""
+        decoder = getattr(self, "cached_decoder", None)
+        if decoder is not None:
+            return decoder.step, decoder.empty_past
+        if isinstance(self.net, Transformer):
+            return net_step(self.net)
+        return None
 
     def generate(
         self,
@@ -202,19 +234,31 @@ class GPT(GenerativeModule):
     ) -> str | list[str]:
         """Continue ``prompt`` by ``max_new_tokens`` characters; a list when ``num_samples > 1``.
 
-        Characters of ``prompt`` outside the vocabulary raise a ConfigError naming ``key``.
+        Characters of ``prompt`` outside the vocabulary, or more of them than the context holds, raise a
+        ConfigError naming ``key``.
         """
         int_at_least("max_new_tokens", max_new_tokens, 0)
         _check_sampling(temperature, top_k)
-        ids = self.encode(prompt, key=key)
-        if len(ids) == 0:
-            raise ConfigError(key, prompt, "at least one character to start from")
+        ids = self.check_prompt(prompt, key)
         was_training = self.training
         self.eval()
         out = self.generate_ids(ids.expand(num_samples, -1), max_new_tokens, temperature, top_k)
         self.train(was_training)
         texts = [prompt + self.decode(row[len(ids) :]) for row in out]
         return texts[0] if num_samples == 1 else texts
+
+    def check_prompt(self, prompt: str, key: str = "prompt") -> torch.Tensor:
+        """The ids of ``prompt``: one to ``block_size`` characters of the vocabulary, else a ConfigError."""
+        ids = self.encode(prompt, key=key)
+        if len(ids) == 0:
+            raise ConfigError(key, prompt, "at least one character to start from")
+        if len(ids) > self.block_size:
+            raise ConfigError(
+                key,
+                f"{len(ids)} characters",
+                f"at most data.block_size={self.block_size} characters (the model's context)",
+            )
+        return ids
 
     def sample(self, n: int, prompt: str | None = None) -> list[str]:
         """``n`` continuations of ``prompt`` (default ``model.sample_prompt``) with the configured settings."""

@@ -38,6 +38,34 @@ class CausalSelfAttention(nn.Module):
         y = y.transpose(1, 2).contiguous().view(B, T, width)
         return self.resid_dropout(self.proj(y))
 
+    def forward_cached(self, x: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x`` (B, T, C) at positions after the ``P`` cached ones -> output and the present keys/values.
+
+        ``past``: this layer's keys and values, ``(2, B, n_head, P, head_size)`` (``P`` may be 0); the present
+        is ``(2, B, n_head, P + T, head_size)``. Position ``P + i`` sees the cache and new positions ``<= i``.
+        """
+        B, T, _ = x.shape
+        width = self.proj.in_features
+        q, k, v = self.qkv(x).split(width, dim=2)
+        q, k, v = (t.view(B, T, self.n_head, width // self.n_head).transpose(1, 2) for t in (q, k, v))
+        present = torch.stack([torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)])
+        y = F.scaled_dot_product_attention(
+            q, present[0], present[1], attn_mask=_offset_causal_mask(q, present)
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, width)
+        return self.resid_dropout(self.proj(y)), present
+
+
+def _offset_causal_mask(q: torch.Tensor, present: torch.Tensor) -> torch.Tensor | None:
+    """(T, P + T) booleans: new position ``i`` (absolute ``P + i``) sees keys ``j <= P + i``; None for one new
+    position (it sees all), except while tracing for export, where the graph must hold any ``T``."""
+    T, total = q.shape[2], present.shape[3]
+    if T == 1 and not torch.jit.is_tracing():
+        return None
+    keys = torch.arange(total, device=q.device)
+    queries = torch.arange(T, device=q.device) + (total - T)
+    return keys[None, :] <= queries[:, None]
+
 
 class MLP(nn.Module):
     def __init__(self, n_embd: int, dropout: float, bias: bool) -> None:
@@ -68,6 +96,12 @@ class Block(nn.Module):
 
     def _mlp(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(self.ln_2(x))
+
+    def forward_cached(self, x: torch.Tensor, past: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` for new positions after a cache (``CausalSelfAttention.forward_cached``)."""
+        y, present = self.attn.forward_cached(self.ln_1(x), past)
+        x = x + y
+        return x + self._mlp(x), present
 
 
 class Transformer(nn.Module):
@@ -113,3 +147,37 @@ class Transformer(nn.Module):
             mode_i = mode if i < len(self.blocks) - 1 else "none"
             x = checkpoint(block, x, use_reentrant=False) if mode_i == "block" else block(x, mode_i == "mlp")
         return self.lm_head(self.ln_f(x))
+
+    def forward_cached(
+        self, idx: torch.Tensor, past: list[torch.Tensor]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Logits of new token ids ``idx`` (B, T) that follow ``P`` cached positions, and the present cache.
+
+        ``past``: one ``(2, B, n_head, P, head_size)`` tensor of keys and values per block (``empty_past`` for
+        ``P = 0``); positions ``P .. P + T - 1`` must lie inside ``block_size`` (``models/kv_cache.py`` keeps
+        them there). Same logits as ``forward`` on the whole sequence, without recomputing the cached part.
+        """
+        start = past[0].shape[3]
+        pos = torch.arange(idx.shape[1], device=idx.device) + start
+        x = self.drop(self.wte(idx) + self.wpe(pos))
+        present = []
+        for block, layer_past in zip(self.blocks, past, strict=True):
+            x, layer_present = block.forward_cached(x, layer_past)
+            present.append(layer_present)
+        return self.lm_head(self.ln_f(x)), present
+
+    def empty_past(self, batch_size: int, device: torch.device | str = "cpu") -> list[torch.Tensor]:
+        """An empty cache: ``(2, batch_size, n_head, 0, head_size)`` zeros per block (heads as pruning left them)."""
+        dtype = self.wte.weight.dtype
+        return [
+            torch.zeros(
+                2,
+                batch_size,
+                b.attn.n_head,
+                0,
+                b.attn.proj.in_features // b.attn.n_head,
+                dtype=dtype,
+                device=device,
+            )
+            for b in self.blocks
+        ]

@@ -21,7 +21,7 @@ from genexp.checkpoints.rebuild import Loaded, load_any
 from genexp.deploy.onnx_export import initializer_counts
 from genexp.deploy.onnx_package import JSON_FILE, latency_table, write_package
 from genexp.deploy.onnx_runtime import open_session
-from genexp.exporters.registry import family_of, graphs_of, install_graphs
+from genexp.exporters.registry import exporter_for, family_of, graphs_of, install_graphs
 from genexp.runtime.errors import GenexpError
 
 INT8_SUFFIX = ".int8.onnx"
@@ -76,8 +76,11 @@ def load_onnx(path: str | Path, key: str = "target", data: dict[str, Any] | None
     int8 = path.name.endswith(INT8_SUFFIX)
     suffix = INT8_SUFFIX if int8 else ".onnx"
     sessions = {}
+    cached = exporter_for(loaded.model).cached
     for graph in graphs_of(loaded.model):
         file = folder / f"{graph.stem}{suffix}"
+        if graph.stem == cached and not file.is_file():
+            continue  # an export written before the cached decoder existed: generation without a cache
         sessions[graph.stem] = session if file == path else open_session(file, key=key)
     reference = loaded.model
     model = install_graphs(copy.deepcopy(reference), sessions)

@@ -75,7 +75,7 @@ def single_rows(row: dict[str, Any]) -> list[tuple[str, str]]:
             )
         )
     for backend, speed in (table.get("generation_tokens_per_s") or {}).items():
-        rows.append((f"generation {backend} (tokens/s, 256 new)", f"{speed:,.0f}"))
+        rows.append((f"generation {backend} (tokens/s, 256 new)", generation_text(speed)))
     rows += [(f"training: {name}", fmt(value)) for name, value in (row.get("cost") or {}).items()]
     if "gpu_latency_ms" in row:
         rows += [
@@ -248,3 +248,13 @@ def print_compare(rows: Sequence[dict[str, Any]], title: str, console: Console |
             cells = [str(get(r)).replace("**", "") for _, get in columns]
             table.add_row(*cells, style="bold" if r["is_baseline"] else None)
         console.print(table)
+
+
+def generation_text(speed: Any) -> str:
+    """``no cache 410, cache 1,230 (3.00x)`` (a plain number from an older report as it is)."""
+    if not isinstance(speed, dict):
+        return f"{speed:,.0f}"
+    text = f"no cache {speed['no_cache']:,.0f}"
+    if "cache" in speed:
+        text += f", cache {speed['cache']:,.0f} ({speed['speedup']:.2f}x)"
+    return text
