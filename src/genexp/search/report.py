@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +45,7 @@ def write_table(
 def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] | None, out: Path) -> Path:
     """``pareto.png``: quality change against latency (relative to the base) or bytes, one marker per backend,
     the budget line drawn, the base at (1, 0) and the chosen trial circled."""
+    rows = [r for r in rows if math.isfinite(r["quality_change"])]  # a diverged trial has no point
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x_key = "latency_ratio" if settings.objective == "latency" else "bytes"
     scale = 100.0 if settings.budget_mode == "relative" else 1.0
@@ -78,6 +80,9 @@ def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] 
             edgecolors="black",
             label="chosen",
         )
+    xs = [r[x_key] for r in rows] + ([1.0] if settings.objective == "latency" else [])
+    if min(xs) > 0 and max(xs) > 8 * min(xs):
+        ax.set_xscale("log")
     ax.axhline(settings.budget * scale, color="tab:red", linestyle="--", linewidth=1, label="budget")
     ax.set_xlabel(
         "latency / base latency (lower is faster)" if x_key == "latency_ratio" else "bytes of the deployable"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 
 from genexp.search.report import plot, write_table
 from genexp.search.select import choose, write_choice
@@ -20,7 +21,7 @@ def search(settings: Settings) -> int:
     rows = records(study)
     chosen, ok = choose(rows, settings)
     write_table(rows, settings, chosen, settings.out)
-    if rows:
+    if any(math.isfinite(r["quality_change"]) for r in rows):
         plot(rows, settings, chosen, settings.out)
     if chosen is None:
         print(f"genexp-optimize: no trial finished; see the trial logs in {settings.out / 'trials'}")

@@ -10,6 +10,7 @@ is replayed as failed (``interrupted``), does not count, and a new trial takes i
 from __future__ import annotations
 
 import logging
+import math
 import time
 from typing import Any
 
@@ -62,7 +63,10 @@ def base_quality(file: StudyFile, base: Loaded, space: Space) -> float:
 
 
 def change(value: float, reference: float, mode: str) -> float:
-    """The quality change (lower-is-better metric): relative to ``reference`` or absolute."""
+    """The quality change (lower-is-better metric): relative to ``reference`` or absolute; +inf for a
+    diverged trial (NaN or infinite quality), which ranks last."""
+    if not math.isfinite(value):
+        return math.inf
     return (value - reference) / abs(reference) if mode == "relative" else value - reference
 
 
