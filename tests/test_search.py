@@ -111,9 +111,14 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(root: Path)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+    first = snapshot(out / "trials" / "000")
     result = run_cli(args, cwd=root, module="genexp.optimize", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert result.stderr.count("Trial run: genexp-train") == 1  # trial 0 kept, not rerun; one new trial
+    assert snapshot(out / "trials" / "000") == first  # trial 0 kept, not rerun
+    folders = {p.name for p in (out / "trials").iterdir() if p.is_dir()}
+    assert (
+        {"000", "002"} <= folders <= {"000", "001", "002"}
+    )  # 001: cut off (its folder, if any, kept as it was)
     assert states(out) == ["complete", "running", "complete"]  # 1: interrupted, left as it was
     numbers = [t["number"] for t in json.loads((out / "trials.json").read_text())["trials"]]
     assert numbers == [0, 2]

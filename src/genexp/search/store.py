@@ -82,6 +82,7 @@ class StudyFile:
 
     def load(self, sampler: optuna.samplers.BaseSampler) -> optuna.study.Study:
         """A new in-memory study (two minimized objectives) holding every trial of the file, in order."""
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
         for row in self.rows():
             attrs = (
