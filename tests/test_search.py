@@ -52,7 +52,7 @@ def search(root: Path, out: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_the_search_writes_the_study_table_plot_and_best(root: Path) -> None:
     before = snapshot(root / "base")
-    result = search(root, "opt", "n_trials=2", "budget=10")
+    result = search(root, "opt", "n_trials=2", "budget=10", "objective=latency")
     assert result.returncode == 0, result.stderr[-3000:]
     out = root / "opt"
     assert "genexp-optimize: best: trial" in result.stdout
@@ -74,7 +74,14 @@ def test_the_search_writes_the_study_table_plot_and_best(root: Path) -> None:
 
 def test_budget_not_met_says_so_and_exits_3(root: Path) -> None:
     # lr=1 wrecks every fine-tune: no trial comes within 0.1% of the base
-    result = search(root, "wrecked", "n_trials=1", "budget=0.001", "trial_overrides=['optimizer.lr=1.0']")
+    result = search(
+        root,
+        "wrecked",
+        "n_trials=1",
+        "budget=0.001",
+        "objective=size",
+        "trial_overrides=['optimizer.lr=1.0']",
+    )
     assert result.returncode == 3, result.stderr[-3000:]
     lines = [line for line in result.stdout.splitlines() if line.startswith("genexp-optimize:")]
     assert len(lines) == 1 and "no trial within budget=0.001" in lines[0], result.stdout[-2000:]
