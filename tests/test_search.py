@@ -52,7 +52,7 @@ def search(root: Path, out: str, *args: str) -> subprocess.CompletedProcess:
 
 def test_the_search_writes_the_study_table_plot_and_best(root: Path) -> None:
     before = snapshot(root / "base")
-    result = search(root, "opt", "n_trials=2", "budget=10", "objective=latency")
+    result = search(root, "opt", "n_trials=2", "parallel=2", "budget=10", "objective=latency")
     assert result.returncode == 0, result.stderr[-3000:]
     out = root / "opt"
     assert "genexp-optimize: best: trial" in result.stdout

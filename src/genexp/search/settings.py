@@ -11,6 +11,7 @@ from omegaconf import DictConfig, OmegaConf
 from genexp.checks.values import number_at_least, one_of, positive_int, positive_number
 from genexp.runtime.errors import ConfigError, GenexpError
 from genexp.runtime.run_folder import FINISHED_MARKER, is_run_folder
+from genexp.runtime.startup import config_dir
 
 OBJECTIVES = ("latency", "size")
 BUDGET_MODES = ("relative", "absolute")
@@ -29,6 +30,8 @@ class Settings:
     space: str | None
     out: Path
     seed: int
+    parallel: int = 1
+    launcher: str | None = None
     trial_overrides: list[str] = field(default_factory=list)
     timing: dict[str, int] = field(default_factory=dict)
 
@@ -58,6 +61,8 @@ def settings_of(cfg: DictConfig) -> Settings:
         space=str(cfg.space) if cfg.get("space") else None,
         out=Path(str(cfg.get("out") or cfg.paths.output_dir)),
         seed=int(cfg.get("seed", 0)),
+        parallel=positive_int("parallel", cfg.get("parallel", 1)),
+        launcher=launcher_of(cfg.get("launcher")),
         trial_overrides=[str(o) for o in overrides],
         timing=timing,
     )
@@ -76,3 +81,11 @@ def finished_run(value: Any) -> Path:
             f"checkpoints/ and {FINISHED_MARKER})"
         )
     return path
+
+
+def launcher_of(value: Any) -> str | None:
+    """``launcher=``: null (Hydra's basic launcher) or a ``conf/hydra/launcher/`` option (slurm, slurm_cpu)."""
+    if value is None:
+        return None
+    options = sorted(p.stem for p in (Path(config_dir()) / "hydra" / "launcher").glob("*.yaml"))
+    return str(one_of("launcher", value, [None, *options]))

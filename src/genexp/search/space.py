@@ -79,8 +79,9 @@ def suggest(trial: Any, space: Space) -> dict[str, Any]:
     return recipe
 
 
-def recipe_overrides(recipe: dict[str, Any], teacher: Path) -> list[str]:
-    """The genexp-train overrides of ``recipe``: structured pruning, distillation from ``teacher``, epochs."""
+def recipe_overrides(recipe: dict[str, Any], teacher: Path) -> tuple[list[str], list[str]]:
+    """``(compression groups, key=value overrides)`` of ``recipe``: structured pruning, distillation from
+    ``teacher``, the fine-tune's epochs."""
     groups, out = [], [f"trainer.max_epochs={int(recipe['epochs'])}"]
     if recipe["sparsity"] > 0:
         groups.append("prune")
@@ -97,7 +98,7 @@ def recipe_overrides(recipe: dict[str, Any], teacher: Path) -> list[str]:
             f"compression.distill.alpha={recipe.get('alpha', 0.5)}",
             f"compression.distill.temperature={recipe.get('temperature', 2.0)}",
         ]
-    return [f"compression=[{','.join(groups)}]", *out]
+    return groups, out
 
 
 def describe(recipe: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from genexp.search.measure import machine, measure_trial, measuring, quality
 from genexp.search.settings import Settings
 from genexp.search.space import Space, describe, family_name, load_space, recipe_overrides, suggest
 from genexp.search.store import StudyFile
-from genexp.search.trial import fine_tune
+from genexp.search.trial import finished_metrics, launch, trial_name, write_recipe
 
 log = logging.getLogger(__name__)
 STUDY_NAME = "genexp-optimize"
@@ -79,7 +79,8 @@ def choose_backend(figures: dict[str, Any], objective: str) -> str:
 
 
 def run_trials(settings: Settings) -> tuple[optuna.study.Study, Space, Loaded]:
-    """Run trials until ``n_trials`` have finished (across launches) or ``timeout`` seconds have passed."""
+    """Run trials until ``n_trials`` have finished (across launches) or ``timeout`` seconds have passed:
+    ``parallel`` at a time through Hydra's launcher, then measured here one by one."""
     checkpoint = find_checkpoint(settings.base, "base")
     base = load_any(checkpoint, key="base")
     target = str((base.config.get("model") or {}).get("_target_", "?"))
@@ -87,58 +88,76 @@ def run_trials(settings: Settings) -> tuple[optuna.study.Study, Space, Loaded]:
     study, file = open_study(settings)
     reference = base_quality(file, base, space)
     started = time.monotonic()
-    while len(finished(study)) < settings.n_trials:
+    while (left := settings.n_trials - len(finished(study))) > 0:
         if settings.timeout is not None and time.monotonic() - started > settings.timeout:
             log.info("timeout=%s s reached: no new trial", settings.timeout)
             break
-        trial = study.ask()
-        recipe = suggest(trial, space)
-        file.save(trial, "running")
-        folder = settings.out / "trials" / f"{trial.number:03d}"
-        folder.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fine_tune(
-                settings.base,
-                checkpoint,
-                folder,
-                recipe_overrides(recipe, checkpoint),
-                settings.trial_overrides,
+        batch = [study.ask() for _ in range(min(settings.parallel, left))]
+        recipes = {}
+        for trial in batch:
+            recipes[trial.number] = suggest(trial, space)
+            write_recipe(settings.out, trial.number, *recipe_overrides(recipes[trial.number], checkpoint))
+            file.save(trial, "running")
+        numbers = [trial.number for trial in batch]
+        logfile = launch(
+            settings.base, checkpoint, settings.out, numbers, settings.trial_overrides, settings.launcher
+        )
+        for trial in batch:
+            _measure_and_tell(
+                study, file, trial, recipes[trial.number], settings, space, base, reference, logfile
             )
-            with measuring(settings.out):
-                figures = measure_trial(
-                    folder, base, space.metric, space.batch_size, recipe["int8"], settings.timing
-                )
-        except GenexpError as err:
-            log.warning("trial %d: %s", trial.number, err)
-            file.save(trial, "fail", error=str(err))
-            study.tell(trial, state=TrialState.FAIL)
-            continue
-        backend = choose_backend(figures, settings.objective)
-        chosen = figures["backends"][backend]
-        record = {
-            "number": trial.number,
-            "recipe": recipe,
-            "label": describe(recipe),
-            "run": str(folder),
-            "backend": backend,
-            "quality": chosen["quality"],
-            "base_quality": reference,
-            "quality_change": change(chosen["quality"], reference, settings.budget_mode),
-            "latency_ms": chosen["median_ms"],
-            "base_latency_ms": figures["base_ms"],
-            "latency_ratio": chosen["median_ms"] / figures["base_ms"],
-            "bytes": chosen["bytes"],
-            **figures,
-        }
-        trial.set_user_attr(RECORD, record)
-        values = [
-            record["quality_change"],
-            record["latency_ratio"] if settings.objective == "latency" else float(record["bytes"]),
-        ]
-        file.save(trial, "complete", values, **{RECORD: record})
-        study.tell(trial, values)
-        log.info("trial %d: %s -> %s", trial.number, record["label"], _summary(record))
     return study, space, base
+
+
+def _measure_and_tell(
+    study: optuna.study.Study,
+    file: StudyFile,
+    trial: optuna.trial.Trial,
+    recipe: dict[str, Any],
+    settings: Settings,
+    space: Space,
+    base: Loaded,
+    reference: float,
+    logfile: Any,
+) -> None:
+    """Export and time one fine-tuned trial (alone on the cores, under the lock) and tell the study."""
+    folder = settings.out / "trials" / trial_name(trial.number)
+    try:
+        finished_metrics(settings.out, trial.number, logfile)
+        with measuring(settings.out):
+            figures = measure_trial(
+                folder, base, space.metric, space.batch_size, recipe["int8"], settings.timing
+            )
+    except GenexpError as err:
+        log.warning("trial %d: %s", trial.number, err)
+        file.save(trial, "fail", error=str(err))
+        study.tell(trial, state=TrialState.FAIL)
+        return
+    backend = choose_backend(figures, settings.objective)
+    chosen = figures["backends"][backend]
+    record = {
+        "number": trial.number,
+        "recipe": recipe,
+        "label": describe(recipe),
+        "run": str(folder),
+        "backend": backend,
+        "quality": chosen["quality"],
+        "base_quality": reference,
+        "quality_change": change(chosen["quality"], reference, settings.budget_mode),
+        "latency_ms": chosen["median_ms"],
+        "base_latency_ms": figures["base_ms"],
+        "latency_ratio": chosen["median_ms"] / figures["base_ms"],
+        "bytes": chosen["bytes"],
+        **figures,
+    }
+    values = [
+        record["quality_change"],
+        record["latency_ratio"] if settings.objective == "latency" else float(record["bytes"]),
+    ]
+    trial.set_user_attr(RECORD, record)
+    file.save(trial, "complete", values, **{RECORD: record})
+    study.tell(trial, values)
+    log.info("trial %d: %s -> %s", trial.number, record["label"], _summary(record))
 
 
 def records(study: optuna.study.Study) -> list[dict[str, Any]]:

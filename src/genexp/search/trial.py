@@ -1,12 +1,16 @@
-"""One trial's fine-tune: an ordinary ``genexp-train`` run started from the base (``init_from``).
+"""Trials' fine-tunes: ordinary ``genexp-train`` runs started from the base (``init_from``), launched by Hydra.
 
-The run is launched as ``python -m genexp.train`` with the base run's own overrides (so it builds the same
-model and data), the recipe's overrides and the user's ``trial_overrides``, in ``<out>/trials/<number>/``. It
-is a run like any other: its folder holds its config, log, checkpoints, TensorBoard and metrics.json.
+A batch of trials is one Hydra multirun, ``python -m genexp.train -m ... +search_trial=t000,t001``, so that
+Hydra's launcher runs them: in turn with the basic launcher, or as parallel SLURM jobs with
+``launcher=slurm``/``slurm_cpu`` (hydra-submitit-launcher). Each trial's recipe is a config file of its own,
+``<out>/recipes/search_trial/tNNN.yaml`` (``@package _global_``), on Hydra's search path; the command line holds
+what every trial shares: the base run's own overrides (so that it builds the same model and data), the user's
+``trial_overrides`` and ``init_from``. Trial ``NNN`` lands in ``<out>/trials/NNN/``, a run like any other.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
@@ -19,62 +23,84 @@ from omegaconf import OmegaConf
 from genexp.runtime.errors import GenexpError
 
 log = logging.getLogger(__name__)
+GROUP = "search_trial"
 # The base run's overrides that a trial sets itself (or that would reach back into the base run).
-_OWN_KEYS = ("hydra.", "ckpt_path", "init_from", "compression", "trainer.max_epochs", "test", "experiment")
+_OWN_KEYS = (
+    "hydra",
+    "ckpt_path",
+    "init_from",
+    "compression",
+    "trainer.max_epochs",
+    "test",
+    "experiment",
+    GROUP,
+)
+
+
+def _saved_overrides(run: Path) -> list[str]:
+    file = run / ".hydra" / "overrides.yaml"
+    saved = OmegaConf.to_container(OmegaConf.load(file)) if file.is_file() else []
+    return [str(item) for item in saved] if isinstance(saved, list) else []
 
 
 def base_overrides(run: Path) -> list[str]:
-    """The overrides the base run was launched with (``.hydra/overrides.yaml``), less those a trial sets."""
-    file = run / ".hydra" / "overrides.yaml"
-    saved = OmegaConf.to_container(OmegaConf.load(file)) if file.is_file() else []
-    kept = []
-    for item in saved if isinstance(saved, list) else []:
-        key = str(item).lstrip("+~").split("=", 1)[0]
-        if not any(key == own.rstrip(".") or key.startswith(own) for own in _OWN_KEYS):
-            kept.append(str(item))
+    """The overrides the base run was launched with (``.hydra/overrides.yaml``): its ``experiment=`` first,
+    less the keys a trial sets itself."""
+    saved = _saved_overrides(run)
+    kept = [item for item in saved if item.startswith("experiment=")]
+    for item in saved:
+        key = item.lstrip("+~").split("=", 1)[0]
+        if not any(key == own or key.startswith(own + ".") or key.startswith(own + "/") for own in _OWN_KEYS):
+            kept.append(item)
     return kept
 
 
-def experiment_of(run: Path) -> list[str]:
-    """The base's ``experiment=`` override, kept first so that the trial's own keys override the recipe's."""
-    file = run / ".hydra" / "overrides.yaml"
-    saved = OmegaConf.to_container(OmegaConf.load(file)) if file.is_file() else []
-    return [str(i) for i in (saved if isinstance(saved, list) else []) if str(i).startswith("experiment=")]
+def trial_name(number: int) -> str:
+    return f"{number:03d}"
 
 
-def fine_tune(
-    base: Path,
-    checkpoint: Path,
-    folder: Path,
-    overrides: list[str],
-    extra: list[str],
-    timeout: float | None = None,
-) -> dict[str, Any]:
-    """Run one trial's fine-tune into ``folder``; returns its metrics.json (raises GenexpError on failure)."""
+def write_recipe(out: Path, number: int, groups: list[str], values: list[str]) -> Path:
+    """``<out>/recipes/search_trial/tNNN.yaml``: the trial's compression groups and keys, and its folder."""
+    node: dict[str, Any] = OmegaConf.to_container(OmegaConf.from_dotlist(values))  # type: ignore[assignment]
+    node.setdefault("hydra", {})["sweep"] = {"subdir": trial_name(number)}
+    if groups:
+        node = {"defaults": [{"override /compression": groups}], **node}
+    file = out / "recipes" / GROUP / f"t{trial_name(number)}.yaml"
+    file.parent.mkdir(parents=True, exist_ok=True)
+    file.write_text("# @package _global_\n" + OmegaConf.to_yaml(OmegaConf.create(node)), encoding="utf-8")
+    return file
+
+
+def launch(
+    base: Path, checkpoint: Path, out: Path, numbers: list[int], extra: list[str], launcher: str | None
+) -> Path:
+    """Fine-tune the trials ``numbers`` (their recipes written) as one Hydra multirun; returns its log file."""
     args = [
-        *experiment_of(base),
+        "-m",
         *base_overrides(base),
-        *overrides,
         *extra,
         f"init_from={checkpoint}",
         "test=false",  # selection reads the validation split; best/ alone is scored on test
-        f"hydra.run.dir={folder}",
+        f"hydra.searchpath=[file://{(out / 'recipes').resolve()}]",
+        f"+{GROUP}=" + ",".join(f"t{trial_name(n)}" for n in numbers),
+        f"hydra.sweep.dir={out / 'trials'}",
+        *([f"hydra/launcher={launcher}"] if launcher else []),
     ]
-    log.info("Trial run: genexp-train %s", " ".join(args))
+    log.info("Trials %s: genexp-train %s", numbers, " ".join(args))
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "genexp.train", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
+        [sys.executable, "-m", "genexp.train", *args], env=env, capture_output=True, text=True
     )
-    (folder.parent / f"{folder.name}.stderr.log").write_text(result.stderr[-20000:], encoding="utf-8")
-    if result.returncode != 0 or not (folder / "metrics.json").is_file():
-        errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
-        raise GenexpError(
-            f"trial {folder.name} failed: {errors[-1] if errors else 'exit ' + str(result.returncode)}"
-        )
-    import json
+    logfile = out / "trials" / f"launch-{trial_name(numbers[0])}.log"
+    logfile.parent.mkdir(parents=True, exist_ok=True)
+    logfile.write_text(result.stdout[-20000:] + result.stderr[-20000:], encoding="utf-8")
+    return logfile
 
-    return json.loads((folder / "metrics.json").read_text())
+
+def finished_metrics(out: Path, number: int, logfile: Path) -> dict[str, Any]:
+    """Trial ``number``'s metrics.json; GenexpError naming the launch log when its run did not finish."""
+    metrics = out / "trials" / trial_name(number) / "metrics.json"
+    if not metrics.is_file():
+        errors = [line for line in logfile.read_text().splitlines() if "error" in line.lower()]
+        raise GenexpError(f"trial {number} did not finish: {errors[-1] if errors else 'see ' + str(logfile)}")
+    return json.loads(metrics.read_text())
