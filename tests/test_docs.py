@@ -156,6 +156,7 @@ COVERED: dict[str, tuple[str, ...]] = {
 # Benchmarks that take minutes to an hour: no test runs them; test_benchmark_options_exist checks that each
 # option the docs pass is one the script accepts (its --help also proves that the script imports).
 ARGUMENTS_ONLY = {
+    "optimize",
     "vae_baseline",
     "sample_quality",
     "train_cost",
