@@ -46,8 +46,8 @@ def deployable_files(row: dict[str, Any]) -> list[Path]:
 def write_choice(row: dict[str, Any], ok: bool, settings: Settings, space: Space, base: Loaded) -> Path:
     """Copy the chosen deployable into ``<out>/best`` (or ``closest``), score it on test, write model.json."""
     folder = settings.out / (BEST if ok else CLOSEST)
-    if folder.exists():
-        shutil.rmtree(folder)  # the search's own output, rewritten from the study on every launch
+    for old in (settings.out / BEST, settings.out / CLOSEST):  # the search's own output, rewritten from the
+        shutil.rmtree(old, ignore_errors=True)  # study on every launch (a resume may change the budget)
     folder.mkdir(parents=True)
     files = []
     for file in deployable_files(row):
