@@ -70,7 +70,7 @@ def main() -> None:
         table.add_row(
             family + ("" if info["within_budget"] else " (none within budget)"),
             info["backend"],
-            json.dumps(info["recipe"], sort_keys=True),
+            info.get("label", json.dumps(info["recipe"], sort_keys=True)),
             f"{info['base_latency_ms']:.2f}",
             f"{info['latency_ms']:.2f}",
             f"{info['speedup_vs_base_torch']:.2f}x",

@@ -78,7 +78,7 @@ def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] 
             s=260,
             facecolors="none",
             edgecolors="black",
-            label="chosen",
+            label="chosen" if chosen["quality_change"] <= settings.budget else "closest (none within budget)",
         )
     xs = [r[x_key] for r in rows] + ([1.0] if settings.objective == "latency" else [])
     if min(xs) > 0 and max(xs) > 8 * min(xs):

@@ -69,6 +69,7 @@ def write_choice(row: dict[str, Any], ok: bool, settings: Settings, space: Space
         "metric": space.metric,
         "trial": row["number"],
         "recipe": row["recipe"],
+        "label": row["label"],
         "run": row["run"],
         "val": {"quality": row["quality"], "base": row["base_quality"], "change": row["quality_change"]},
         "test": {
