@@ -31,7 +31,12 @@ PAGES = [README, *sorted((REPO / "docs").glob("*.md"))]
 FRONT_PAGE_LINES = 300
 FENCE = re.compile(r"^ *```(\w*)\n(.*?)^ *```", re.S | re.M)
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
-CONFIG_OF = {"genexp-train": "train", "genexp-eval": "eval", "genexp-export": "export"}
+CONFIG_OF = {
+    "genexp-train": "train",
+    "genexp-eval": "eval",
+    "genexp-export": "export",
+    "genexp-optimize": "optimize",
+}
 
 # Each command shown -> the test that runs it, by the patterns it matches (re.search). The tests run the same
 # options at a tiny scale (FAST overrides, small models, a few batches); ".ci/run" runs pytest. A command that
@@ -146,6 +151,9 @@ COVERED: dict[str, tuple[str, ...]] = {
     "tests/test_int8_scheme.py::test_on_an_avx2_cpu_without_vnni_the_export_picks_7bit_weights_and_stays_exact": (
         r"^genexp-export quantize=int8$",
     ),
+    "tests/test_search.py::test_the_search_writes_the_study_table_plot_and_best": (
+        r"^genexp-optimize base=\S+ budget=0\.02 objective=latency$",
+    ),
     "tests/test_int8_scheme.py::test_a_graph_for_another_kind_of_cpu_asks_for_7bit_weights": (
         r"int8_scheme=7bit$",
     ),
@@ -154,6 +162,7 @@ COVERED: dict[str, tuple[str, ...]] = {
 # Benchmarks that take minutes to an hour: no test runs them; test_benchmark_options_exist checks that each
 # option the docs pass is one the script accepts (its --help also proves that the script imports).
 ARGUMENTS_ONLY = {
+    "optimize",
     "vae_baseline",
     "sample_quality",
     "train_cost",
@@ -165,7 +174,7 @@ ARGUMENTS_ONLY = {
     "distill",
     "ddp_cpu",
 }
-SHOWN = re.compile(r"(genexp-(train|eval|export)|torchrun) \S|python benchmarks/\w+\.py\b")
+SHOWN = re.compile(r"(genexp-(train|eval|export|optimize)|torchrun) \S|python benchmarks/\w+\.py\b")
 
 
 def fenced(path: Path, language: str | None = None) -> list[str]:

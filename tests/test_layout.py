@@ -9,7 +9,7 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "genexp"
 
-ENTRY_POINTS = ("train", "evaluate", "export")  # the top level: these and packages, nothing else
+ENTRY_POINTS = ("train", "evaluate", "export", "optimize")  # the top level: these and packages, nothing else
 _ENTRIES = tuple(f"genexp.{name}" for name in ENTRY_POINTS)
 _PACKAGES = tuple(sorted(p.name for p in SRC.iterdir() if (p / "__init__.py").is_file()))
 
@@ -36,6 +36,8 @@ RULES = {
     "data": _only("runtime", "checks", "data"),
     "metrics": _only("runtime", "checks", "metrics"),
     "optim": _only("runtime", "optim"),
+    # the search composes everything (DESIGN.md: only the entry points and search/), but no entry point
+    "search": _ENTRIES,
 }
 # models import checkpoints.resize (a pruned checkpoint's widths), never the loader that builds models
 RULES["models"] += ("genexp.checkpoints.rebuild",)

@@ -111,3 +111,35 @@ def test_gpu_preset_asks_no_gpus_for_cpu_devices(cli, tmp_path: Path) -> None:
     assert (sweep / "0" / "metrics.json").is_file()
     (script,) = (sweep / ".submitit").rglob("*_submission.sh")
     assert "--gpus-per-node" not in script.read_text() and "--gres" not in script.read_text()
+
+
+def test_search_trials_run_as_slurm_jobs(cli, tmp_path: Path) -> None:
+    """genexp-optimize launcher=slurm_cpu: a batch of two trials is one multirun of two SLURM jobs; the export and
+    the timing stay in the search's own process."""
+    base = tmp_path / "base"
+    proc = cli([*FAST, "model.sample_every_n_epochs=0", f"hydra.run.dir={base}"], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    space = (
+        (CONF / "search" / "vae.yaml")
+        .read_text()
+        .replace("    low: 1\n    high: 4\n", "    low: 1\n    high: 1\n")
+    )
+    (tmp_path / "space.yaml").write_text(space)
+    args = [
+        f"base={base}",
+        f"space={tmp_path / 'space.yaml'}",
+        f"out={tmp_path / 'opt'}",
+        "launcher=slurm_cpu",
+        "n_trials=2",
+        "parallel=2",
+        "budget=10",
+        "latency.repeats=4",
+        "latency.rounds=2",
+        "trial_overrides=['hydra.launcher.timeout_min=10','hydra.launcher.mem_gb=1','trainer.devices=1']",
+    ]
+    proc = cli(args, module="genexp.optimize", timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    trials = tmp_path / "opt" / "trials"
+    assert (trials / ".submitit").is_dir()  # the fine-tunes ran as SLURM jobs
+    assert all((trials / n / "metrics.json").is_file() for n in ("000", "001"))
+    assert json.loads((tmp_path / "opt" / "best" / "model.json").read_text())["within_budget"]

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 from genexp.callbacks.training_cost import TrainingCost
-from genexp.checkpoints.rebuild import check_resumable, load_checkpoint, trust
+from genexp.checkpoints.rebuild import check_resumable, init_weights, load_checkpoint, load_init, trust
 from genexp.checks.run import validate_train_config
 from genexp.runtime.build import (
     build_callbacks,
@@ -42,6 +42,8 @@ def train(cfg: DictConfig) -> float | None:
     trust(cfg.get("trust"))  # a teacher's saved config may name the user's own trusted package
     if cfg.get("ckpt_path"):
         load_checkpoint(cfg.ckpt_path)  # fail now, with the path named, if it is missing or corrupt
+    if cfg.get("init_from"):
+        load_init(cfg.init_from)  # the same: before the run folder is made
     output_dir = ensure_fresh(cfg.paths.output_dir)
     ckpt_path = cfg.get("ckpt_path") or resume_checkpoint(output_dir)  # a requeued SLURM job resumes
     with job_scope(output_dir):
@@ -59,6 +61,11 @@ def _fit_and_test(cfg: DictConfig, output_dir: Path, ckpt_path: str | None) -> f
         model.conform_to(checkpoint)  # a structured-pruned run resumes at its smaller widths
         check_resumable(checkpoint, model, ckpt_path)  # one line, not a state_dict traceback
         del checkpoint
+    elif cfg.get("init_from"):
+        init_weights(
+            model, load_init(cfg.init_from), cfg.init_from
+        )  # weights only: fresh optimizer and epochs
+        log.info("Starting from the weights of %s", cfg.init_from)
     trainer = build_trainer(cfg, build_callbacks(cfg), build_loggers(cfg))
 
     log.info("Run folder: %s", output_dir)

@@ -130,7 +130,7 @@ def _targets(node: Any) -> list[Any]:
 
 
 def check_resumable(
-    checkpoint: dict[str, Any], model: nn.Module, path: str | Path, key: str = "ckpt_path"
+    checkpoint: dict[str, Any], model: nn.Module, path: str | Path, key: str = "ckpt_path", hint: str = ""
 ) -> None:
     """Raise CheckpointError when ``checkpoint`` holds another model family, or weights of other shapes, than
     the ``model`` this run built (resuming needs the run's own model and data settings)."""
@@ -139,15 +139,48 @@ def check_resumable(
     if saved.rsplit(".", 1)[-1] != type(model).__qualname__:
         raise CheckpointError(
             f"{key}={path}: holds a {saved.rsplit('.', 1)[-1]} ({saved}) but this run builds a "
-            f"{type(model).__qualname__} ({ours}); resume with the overrides the checkpoint was trained with"
+            f"{type(model).__qualname__} ({ours}); {hint or 'resume with the overrides the checkpoint was trained with'}"
         )
     state = model.state_dict()
     for name, tensor in checkpoint["state_dict"].items():
         if name in state and hasattr(tensor, "shape") and tuple(tensor.shape) != tuple(state[name].shape):
             raise CheckpointError(
                 f"{key}={path}: its {name} has shape {tuple(tensor.shape)}, this run's model "
-                f"{tuple(state[name].shape)}; resume with the model and data settings it was trained with"
+                f"{tuple(state[name].shape)}; {hint or 'resume with the model and data settings it was trained with'}"
             )
+
+
+def load_init(path: str | Path, key: str = "init_from") -> dict[str, Any]:
+    """The checkpoint a fresh run starts from (``init_from``): a run folder's ``last.ckpt`` (else its newest
+    checkpoint) or a ``.ckpt`` file, loaded with the same checks and one-line errors as ``ckpt_path``."""
+    path = Path(path)
+    if path.is_dir():
+        if not is_run_folder(path):
+            raise CheckpointError(
+                f"{key}={path}: not a genexp run folder (expected .hydra/config.yaml and checkpoints/ "
+                "written by genexp-train)"
+            )
+        path = find_checkpoint(path, key)
+    checkpoint = load_checkpoint(path, key=key)
+    saved_config(checkpoint, path, key=key)  # the trust check, as for every config read from disk
+    return checkpoint
+
+
+def init_weights(
+    model: GenerativeModule, checkpoint: dict[str, Any], path: str | Path, key: str = "init_from"
+) -> None:
+    """Give a freshly built ``model`` the weights of ``checkpoint`` (its structured-pruned widths included).
+
+    Only the weights move: the optimizer, epochs and schedule of the new run start fresh.
+    """
+    model.conform_to(checkpoint)
+    check_resumable(checkpoint, model, path, key, hint="start from a run of the same model and data settings")
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except RuntimeError as err:
+        raise CheckpointError(
+            f"{key}={path}: weights do not fit this run's model: {first_line(err)}"
+        ) from err
 
 
 # ----- rebuilding ------------------------------------------------------------------------------------

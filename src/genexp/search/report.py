@@ -1,0 +1,98 @@
+"""The search's report: the table of trials (``trials.md``, ``trials.json``) and the Pareto plot."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from genexp.runtime.run_folder import write_json  # noqa: E402
+from genexp.search.settings import Settings  # noqa: E402
+
+MARKERS = {"torch fp32 eager": "s", "onnxruntime fp32": "o", "onnxruntime int8": "^"}
+
+
+def write_table(
+    rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] | None, out: Path
+) -> None:
+    """``trials.json`` (every figure) and ``trials.md`` (one line per trial, the chosen one in bold)."""
+    write_json(
+        out / "trials.json", {"budget": settings.budget, "objective": settings.objective, "trials": rows}
+    )
+    unit = "%" if settings.budget_mode == "relative" else ""
+    scale = 100.0 if settings.budget_mode == "relative" else 1.0
+    lines = [
+        f"budget: {settings.budget * scale:g}{unit} ({settings.budget_mode}), objective: {settings.objective}",
+        "",
+        "| trial | recipe | backend | val quality | change | ms | base ms | speedup | bytes | within budget |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|:---:|",
+    ]
+    for r in rows:
+        mark = "**" if chosen is not None and r["number"] == chosen["number"] else ""
+        lines.append(
+            f"| {mark}{r['number']}{mark} | {r['label']} | {r['backend']} | {r['quality']:.4f} "
+            f"| {r['quality_change'] * scale:+.2f}{unit} | {r['latency_ms']:.3f} | {r['base_latency_ms']:.3f} "
+            f"| {1 / r['latency_ratio']:.2f}x | {r['bytes']} | {'yes' if r['quality_change'] <= settings.budget else 'no'} |"
+        )
+    (out / "trials.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] | None, out: Path) -> Path:
+    """``pareto.png``: quality change against latency (relative to the base) or bytes, one marker per backend,
+    the budget line drawn, the base at (1, 0) and the chosen trial circled."""
+    rows = [r for r in rows if math.isfinite(r["quality_change"])]  # a diverged trial has no point
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    x_key = "latency_ratio" if settings.objective == "latency" else "bytes"
+    scale = 100.0 if settings.budget_mode == "relative" else 1.0
+    for backend, marker in MARKERS.items():
+        mine = [r for r in rows if r["backend"] == backend]
+        if mine:
+            ax.scatter(
+                [r[x_key] for r in mine],
+                [r["quality_change"] * scale for r in mine],
+                marker=marker,
+                s=50,
+                label=backend,
+            )
+    for r in rows:
+        ax.annotate(
+            str(r["number"]),
+            (r[x_key], r["quality_change"] * scale),
+            xytext=(4, 4),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    if settings.objective == "latency":
+        ax.scatter(
+            [1.0], [0.0], marker="*", s=220, color="tab:red", label="base (torch fp32 eager)", zorder=3
+        )
+    if chosen is not None:
+        ax.scatter(
+            [chosen[x_key]],
+            [chosen["quality_change"] * scale],
+            s=260,
+            facecolors="none",
+            edgecolors="black",
+            label="chosen" if chosen["quality_change"] <= settings.budget else "closest (none within budget)",
+        )
+    xs = [r[x_key] for r in rows] + ([1.0] if settings.objective == "latency" else [])
+    if min(xs) > 0 and max(xs) > 8 * min(xs):
+        ax.set_xscale("log")
+    ax.axhline(settings.budget * scale, color="tab:red", linestyle="--", linewidth=1, label="budget")
+    ax.set_xlabel(
+        "latency / base latency (lower is faster)" if x_key == "latency_ratio" else "bytes of the deployable"
+    )
+    ax.set_ylabel("quality change vs base" + (" (%)" if scale == 100.0 else "") + " (lower is better)")
+    ax.set_title("genexp-optimize: trials")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "pareto.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

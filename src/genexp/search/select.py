@@ -1,0 +1,97 @@
+"""The choice of ``best/``: the fastest (or smallest) trial within the budget on the validation split, then
+scored once on the test split; with none within budget, the closest trial goes to ``closest/``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from genexp.checkpoints.rebuild import Loaded, load_any
+from genexp.runtime.run_folder import LAST_CHECKPOINT, write_json
+from genexp.search.measure import ORT_FP32, ORT_INT8, TORCH, quality, through_int8
+from genexp.search.settings import Settings
+from genexp.search.space import Space
+
+BEST, CLOSEST = "best", "closest"
+
+
+def within_budget(rows: list[dict[str, Any]], budget: float) -> list[dict[str, Any]]:
+    """The trials whose validation quality change is at most ``budget``."""
+    return [r for r in rows if r["quality_change"] <= budget]
+
+
+def choose(rows: list[dict[str, Any]], settings: Settings) -> tuple[dict[str, Any] | None, bool]:
+    """``(trial, within budget)``: the fastest/smallest within budget, else the closest to it (None: no trial)."""
+    ok = within_budget(rows, settings.budget)
+    if ok:
+        key = "latency_ratio" if settings.objective == "latency" else "bytes"
+        return min(ok, key=lambda r: (r[key], r["quality_change"])), True
+    if not rows:
+        return None, False
+    return min(rows, key=lambda r: r["quality_change"]), False
+
+
+def deployable_files(row: dict[str, Any]) -> list[Path]:
+    """What ships for the trial's backend: the int8 or fp32 ONNX graphs, or the torch checkpoint."""
+    export = Path(row["export"])
+    if row["backend"] == ORT_INT8:
+        return sorted(export.glob("*.int8.onnx"))
+    if row["backend"] == ORT_FP32:
+        return sorted(p for p in export.glob("*.onnx") if not p.name.endswith(".int8.onnx"))
+    return [Path(row["run"]) / LAST_CHECKPOINT]
+
+
+def write_choice(row: dict[str, Any], ok: bool, settings: Settings, space: Space, base: Loaded) -> Path:
+    """Copy the chosen deployable into ``<out>/best`` (or ``closest``), score it on test, write model.json."""
+    folder = settings.out / (BEST if ok else CLOSEST)
+    for old in (settings.out / BEST, settings.out / CLOSEST):  # the search's own output, rewritten from the
+        shutil.rmtree(old, ignore_errors=True)  # study on every launch (a resume may change the budget)
+    folder.mkdir(parents=True)
+    files = []
+    for file in deployable_files(row):
+        name = "model.ckpt" if row["backend"] == TORCH else file.name
+        shutil.copy2(file, folder / name)
+        files.append(name)
+    loaded = load_any(Path(row["run"]), key="trial")
+    if row["backend"] == ORT_INT8:
+        loaded = through_int8(loaded, Path(row["export"]))
+    test_value = quality(loaded, space.metric, "test")
+    base_test = _base_test(base, space)
+    info = {
+        "backend": row["backend"],
+        "files": files,
+        "within_budget": ok,
+        "budget": settings.budget,
+        "budget_mode": settings.budget_mode,
+        "objective": settings.objective,
+        "metric": space.metric,
+        "trial": row["number"],
+        "recipe": row["recipe"],
+        "label": row["label"],
+        "run": row["run"],
+        "val": {"quality": row["quality"], "base": row["base_quality"], "change": row["quality_change"]},
+        "test": {
+            "quality": test_value,
+            "base": base_test,
+            "relative_change": (test_value - base_test) / abs(base_test),
+        },
+        "latency_ms": row["latency_ms"],
+        "base_latency_ms": row["base_latency_ms"],
+        "speedup_vs_base_torch": row["base_latency_ms"] / row["latency_ms"],
+        "batch_size": row["batch_size"],
+        "bytes": row["bytes"],
+        "backends": row["backends"],
+    }
+    write_json(folder / "model.json", info)
+    return folder
+
+
+def _base_test(base: Loaded, space: Space) -> float:
+    """The base's test quality: its metrics.json when it has it, else measured."""
+    if base.run_dir is not None and (base.run_dir / "metrics.json").is_file():
+        metrics = json.loads((base.run_dir / "metrics.json").read_text())
+        if f"test/{space.metric}" in metrics:
+            return float(metrics[f"test/{space.metric}"])
+    return quality(base, space.metric, "test")

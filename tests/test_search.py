@@ -1,0 +1,176 @@
+"""genexp-optimize end to end through the real CLI: a tiny VAE base, 2-3 trials of one short fine-tune each."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import CONF, FAST, REPO, run_cli
+
+pytestmark = pytest.mark.xdist_group("search")  # the trials share the module's base run
+BASE = [*FAST, "trainer.max_epochs=2", "model.sample_every_n_epochs=0"]
+TIMING = ["latency.repeats=4", "latency.rounds=2", "latency.warmup=1"]
+
+
+def snapshot(run: Path) -> dict[str, float]:
+    return {str(p.relative_to(run)): p.stat().st_mtime for p in run.rglob("*") if p.is_file()}
+
+
+def error_lines(result: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (result.stderr + result.stdout).splitlines() if "error" in line.lower()]
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny VAE base run and a one-epoch copy of the VAE's search space (``space=``)."""
+    root = tmp_path_factory.mktemp("search")
+    result = run_cli([*BASE, f"hydra.run.dir={root / 'base'}"], cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    space = (CONF / "search" / "vae.yaml").read_text()
+    space = space.replace("    low: 1\n    high: 4\n", "    low: 1\n    high: 1\n")  # one fine-tune epoch
+    assert "high: 1\n" in space
+    (root / "space.yaml").write_text(space)
+    return root
+
+
+def search(root: Path, out: str, *args: str) -> subprocess.CompletedProcess:
+    return run_cli(
+        [f"base={root / 'base'}", f"space={root / 'space.yaml'}", f"out={root / out}", *TIMING, *args],
+        cwd=root,
+        module="genexp.optimize",
+        timeout=600,
+    )
+
+
+def test_the_search_writes_the_study_table_plot_and_best(root: Path) -> None:
+    before = snapshot(root / "base")
+    result = search(root, "opt", "n_trials=2", "parallel=2", "budget=10", "objective=latency")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = root / "opt"
+    assert "genexp-optimize: best: trial" in result.stdout
+    for name in ("study.db", "trials.md", "trials.json", "pareto.png", "best/model.json"):
+        assert (out / name).is_file(), name
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert [t["number"] for t in trials] == [0, 1]
+    for t in trials:  # every backend timed with the base in the same rounds; the fastest is the trial's
+        assert t["backend"] == min(t["backends"], key=lambda b: t["backends"][b]["median_ms"])
+        assert {"torch fp32 eager", "onnxruntime fp32"} <= set(t["backends"]) and t["base_latency_ms"] > 0
+        assert (Path(t["run"]) / "metrics.json").is_file()  # each trial is an ordinary genexp-train run
+    best = json.loads((out / "best" / "model.json").read_text())
+    assert best["within_budget"] and best["backend"] in trials[best["trial"]]["backends"]
+    fastest = min(trials, key=lambda t: t["latency_ratio"])  # relative to the base timed in the same rounds
+    assert best["trial"] == fastest["number"] and best["latency_ms"] == fastest["latency_ms"]
+    assert all((out / "best" / f).is_file() for f in best["files"]) and "quality" in best["test"]
+    assert "| trial | recipe | backend |" in (out / "trials.md").read_text()
+    assert snapshot(root / "base") == before, "the search wrote into the base run"
+
+
+def test_budget_not_met_says_so_and_exits_3(root: Path) -> None:
+    # lr=1 wrecks every fine-tune: no trial comes within 0.1% of the base
+    result = search(
+        root,
+        "wrecked",
+        "n_trials=1",
+        "budget=0.001",
+        "objective=size",
+        "trial_overrides=['optimizer.lr=1.0']",
+    )
+    assert result.returncode == 3, result.stderr[-3000:]
+    lines = [line for line in result.stdout.splitlines() if line.startswith("genexp-optimize:")]
+    assert len(lines) == 1 and "no trial within budget=0.001" in lines[0], result.stdout[-2000:]
+    assert json.loads((root / "wrecked" / "closest" / "model.json").read_text())["within_budget"] is False
+    assert not (root / "wrecked" / "best").exists()
+
+
+def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(root: Path) -> None:
+    out = root / "killed"
+    args = [
+        f"base={root / 'base'}",
+        f"space={root / 'space.yaml'}",
+        f"out={out}",
+        *TIMING,
+        "n_trials=2",
+        "budget=10",
+    ]
+    env = {**os.environ, "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "genexp.optimize", *args],
+        cwd=root,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # the kill reaches the trial's genexp-train too
+    )
+    try:  # kill it once trial 0 is complete and trial 1 is running
+        deadline = time.monotonic() + 400
+        while time.monotonic() < deadline and proc.poll() is None:
+            if (out / "study.db").is_file() and states(out) == ["complete", "running"]:
+                break
+            time.sleep(0.5)
+        assert states(out) == ["complete", "running"], states(out)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    first = snapshot(out / "trials" / "000")
+    result = run_cli(args, cwd=root, module="genexp.optimize", timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert snapshot(out / "trials" / "000") == first  # trial 0 kept, not rerun
+    folders = {p.name for p in (out / "trials").iterdir() if p.is_dir()}
+    assert (
+        {"000", "002"} <= folders <= {"000", "001", "002"}
+    )  # 001: cut off (its folder, if any, kept as it was)
+    assert states(out) == ["complete", "running", "complete"]  # 1: interrupted, left as it was
+    numbers = [t["number"] for t in json.loads((out / "trials.json").read_text())["trials"]]
+    assert numbers == [0, 2]
+
+
+def states(out: Path) -> list[str]:
+    """The trial states recorded in ``<out>/study.db``, in trial order."""
+    try:
+        with sqlite3.connect(out / "study.db") as db:
+            return [s for _, s in sorted(db.execute("SELECT number, state FROM trials"))]
+    except sqlite3.Error:
+        return []
+
+
+@pytest.fixture(scope="module")
+def gan_base(root: Path) -> Path:
+    """A finished run of a family with no search space (the GAN)."""
+    result = run_cli(
+        [*FAST, "model=gan", "model.sample_every_n_epochs=0", f"hydra.run.dir={root / 'gan'}"], cwd=root
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    return root / "gan"
+
+
+@pytest.mark.parametrize(
+    "case, expected",
+    [
+        ("budget=-1", "budget=-1"),
+        ("objective=speed", "objective='speed'"),
+        ("unfinished", "not a finished genexp-train run"),
+        ("gan", "has no search space"),
+    ],
+)
+def test_bad_input_is_one_line(root: Path, gan_base: Path, case: str, expected: str) -> None:
+    unfinished = root / "unfinished"
+    unfinished.mkdir(exist_ok=True)
+    base = {"unfinished": unfinished, "gan": gan_base}.get(case, root / "base")
+    args = [f"base={base}", f"out={root / 'bad'}"] + ([case] if "=" in case else [])
+    before = snapshot(base)
+    result = run_cli(args, cwd=root, module="genexp.optimize")
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = error_lines(result)
+    assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
+    if case == "gan":
+        assert "space=" in lines[0]  # says how to give one
+    assert snapshot(base) == before
+    assert not (root / "bad" / "study.db").exists()
