@@ -175,12 +175,17 @@ def init_weights(
     """
     model.conform_to(checkpoint)
     check_resumable(checkpoint, model, path, key, hint="start from a run of the same model and data settings")
+    load_weights(model, checkpoint, path, key, "this run's model")
+
+
+def load_weights(
+    model: GenerativeModule, checkpoint: dict[str, Any], path: str | Path, key: str, target: str
+) -> None:
+    """``checkpoint``'s weights into ``model`` (already at its widths); a mismatch is one line naming ``key``."""
     try:
         model.load_state_dict(checkpoint["state_dict"])
     except RuntimeError as err:
-        raise CheckpointError(
-            f"{key}={path}: weights do not fit this run's model: {first_line(err)}"
-        ) from err
+        raise CheckpointError(f"{key}={path}: weights do not fit {target}: {first_line(err)}") from err
 
 
 # ----- rebuilding ------------------------------------------------------------------------------------
@@ -231,12 +236,7 @@ def load_model(path: str | Path, key: str = "ckpt_path", data: dict[str, Any] | 
     config = checkpoint[CONFIG_KEY]
     model, datamodule = rebuild(config, checkpoint, path, key, data)
     model.conform_to(checkpoint)  # a structured-pruned run: its smaller widths
-    try:
-        model.load_state_dict(checkpoint["state_dict"])
-    except RuntimeError as err:
-        raise CheckpointError(
-            f"{key}={path}: weights do not fit the saved config: {first_line(err)}"
-        ) from err
+    load_weights(model, checkpoint, path, key, "the saved config")
     info = {
         "epoch": float(checkpoint.get("epoch", -1)),
         "global_step": float(checkpoint.get("global_step", -1)),
