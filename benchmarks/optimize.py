@@ -24,12 +24,88 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from _harness import cpu_name, genexp_train
+from _harness import SHAKESPEARE, cpu_name, genexp_train
+from genexp.checkpoints.rebuild import load_any
+from genexp.deploy.latency import interleaved_latency, torch_call
+from genexp.deploy.onnx_runtime import open_session, session_call
+from genexp.exporters.registry import family_of
 
 BASES = {
     "vae": [],  # the default run
-    "gpt": ["experiment=gpt_shakespeare_cpu"],
+    "gpt": ["experiment=gpt_shakespeare_cpu", f"data.path={SHAKESPEARE}"],
 }
+# today's hand-made best per family (issue 28): trained the docs' way (docs/compression.md), shipped as ORT int8
+REFERENCES = {
+    "gpt": [
+        "compression=[prune]",
+        "compression.prune.method=ln_structured",
+        "compression.prune.scope=layer",
+        "compression.prune.final_sparsity=0.5",
+        "compression.prune.start_epoch=2",
+        "compression.prune.end_epoch=8",
+    ],
+}
+
+
+def reference_run(family: str, out: Path) -> Path:
+    """Train and export (int8) the family's hand-made reference once; later calls reuse it."""
+    run = out / family / "reference"
+    if not (run / "export" / "model.int8.onnx").is_file():
+        genexp_train(BASES[family] + REFERENCES[family], run)
+        command = [sys.executable, "-m", "genexp.export", f"target={run}", "quantize=int8"]
+        subprocess.run(command, check=True, stdout=subprocess.DEVNULL)
+    return run
+
+
+def side_by_side(base_run: Path, chosen: Path, reference: Path, batch: int) -> dict[str, dict[str, float]]:
+    """The base's torch fp32 eager, the chosen deployable and the reference's ORT int8, interleaved in this
+    process on the same batch; ms per call (median and p10-p90)."""
+    base = load_any(base_run)
+    main = family_of(base.model, base.datamodule).graphs(batch)[0]
+    feeds = {name: x.numpy() for name, x in zip(main.inputs, main.example, strict=True)}
+    info = json.loads((chosen / "model.json").read_text())
+    calls = {"base": torch_call(main.module, main.example)}
+    if info["backend"] == "torch fp32 eager":
+        trial = load_any(Path(info["run"]), key="trial")
+        graph = family_of(trial.model, trial.datamodule).graphs(batch)[0]
+        calls["chosen"] = torch_call(graph.module, main.example)
+    else:
+        name = "model.int8.onnx" if info["backend"] == "onnxruntime int8" else "model.onnx"
+        calls["chosen"] = session_call(open_session(chosen / name), feeds)
+    calls["reference"] = session_call(open_session(reference / "export" / "model.int8.onnx"), feeds)
+    return interleaved_latency(calls, repeats=60, warmup=5, rounds=6)
+
+
+def print_reference(family: str, base_run: Path, chosen: Path, reference: Path, console: Console) -> None:
+    """One table: the base, the reference and the chosen deployable, test quality and latency side by side."""
+    info = json.loads((chosen / "model.json").read_text())
+    metric = f"test/{info['metric']}"
+    base_test = json.loads((base_run / "metrics.json").read_text())[metric]
+    reference_test = json.loads((reference / "export" / "model.json").read_text())["quality"]["int8"][metric]
+    times = side_by_side(base_run, chosen, reference, info["batch_size"])
+    table = Table(
+        title=f"{family}: the chosen deployable against today's hand-made best, batch {info['batch_size']}"
+    )
+    for column in ("row", metric, "change", "ms [p10-p90]", "x base torch"):
+        table.add_column(column, justify="left" if column == "row" else "right")
+    rows = (
+        ("base, torch fp32 eager", base_test, times["base"]),
+        (
+            "hand-made: " + " ".join(REFERENCES[family][1:5]) + ", ORT int8",
+            reference_test,
+            times["reference"],
+        ),
+        (f"chosen: {info.get('label', '')}, {info['backend']}", info["test"]["quality"], times["chosen"]),
+    )
+    for label, value, t in rows:
+        table.add_row(
+            label,
+            f"{value:.4f}",
+            f"{(value - base_test) / abs(base_test):+.2%}",
+            f"{t['median_ms']:.2f} [{t['p10_ms']:.2f}-{t['p90_ms']:.2f}]",
+            f"{times['base']['median_ms'] / t['median_ms']:.2f}x",
+        )
+    console.print(table)
 
 
 def main() -> None:
@@ -41,6 +117,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/optimize"))
     args = parser.parse_args()
     given = dict(item.split("=", 1) for item in args.base)
+    console = Console()
+    compared = []
     table = Table(title=f"genexp-optimize, budget {args.budget:.0%}: the chosen deployable vs the base")
     for column in (
         "family",
@@ -78,8 +156,11 @@ def main() -> None:
             f"{info['test']['relative_change']:+.2%}",
             f"{minutes:.1f}",
         )
-    console = Console()
+        if family in REFERENCES:
+            compared.append((family, base, folder, reference_run(family, args.out)))
     console.print(table)
+    for family, base, folder, reference in compared:
+        print_reference(family, base, folder, reference, console)
     console.print(f"CPU: {cpu_name()}")
 
 

@@ -211,3 +211,30 @@ def test_the_256_recipe_is_the_baby_gpt_with_a_4x_context_and_trains(compose_tra
     train(cfg)
     model = GPT.load_from_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt", weights_only=False)
     assert model.block_size == 256 and len(model.generate("ROMEO:", 260)) == 266  # past the window, cached
+
+
+def test_the_int8_cached_decoder_is_weight_only_and_drives_generation(tmp_path: Path) -> None:
+    """int8 for one token a step: MatMulNBits (8-bit weights, fp32 compute), no per-step activation quantization."""
+    from genexp.deploy.onnx_quantize import quantize_graph
+
+    model = small_gpt(64, bias=True)
+    graph = GPTExporter().graphs(model, 2, fused_attention=True)[1]
+    assert graph.int8 == "weight_only"
+    path = export_graph(graph, tmp_path / graph.file, 17)
+    net = model.net
+    ids = torch.randint(len(VOCAB), (2, 40), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        past = net.forward_cached(ids[:, :30], net.empty_past(2))[1]
+    feeds = {"tokens": ids[:, 30:].numpy(), **{f"past_{i}": p.numpy() for i, p in enumerate(past)}}
+    target = tmp_path / graph.int8_file()
+    recipe = quantize_graph(path, target, "weight_only", feeds, tolerance=0.02)
+    ops = [node.op_type for node in onnx.load(str(target)).graph.node]
+    assert ops.count("MatMulNBits") == recipe["nodes"] >= 4  # 2 blocks: MLP in and out, attention out
+    assert "DynamicQuantizeLinear" not in ops and "MatMul" not in ops
+    assert 0 < recipe["check"]["relative_error"] < 0.02 and recipe["check"]["top1_agreement"] >= 0.9
+    assert target.stat().st_size < 0.6 * path.stat().st_size  # 8-bit MLP weights (the fused QKV stays fp32)
+    session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+    int8_model = copy.deepcopy(model)
+    int8_model.cached_decoder = OrtCachedDecoder(session, [list(p.shape) for p in net.empty_past(1)])
+    ids = greedy(int8_model, torch.tensor([[5, 17, 40, 2]]), 80, cache=True)  # past the window: a re-fill
+    assert ids.shape == (1, 84) and int(ids.max()) < len(VOCAB)

@@ -76,6 +76,9 @@ class Graph:
     inputs: list[str]
     outputs: list[str]
     dynamic: dict[str, dict[int, str]] = field(default_factory=dict)
+    int8: str | None = (
+        None  # this graph's int8 method when it differs from the family's (onnx_quantize.METHODS)
+    )
 
     @property
     def file(self) -> str:

@@ -154,7 +154,7 @@ def _write_int8(
             recipe = quantize_graph(
                 folder / graph.file,
                 int8,
-                family.int8,
+                graph.int8 or family.int8,
                 feeds[0],
                 feeds,
                 tolerance,

@@ -9,6 +9,8 @@ written.
   calibrated (MinMax) on batches of the run's own inputs. A family may narrow it (``static_options``): the
   diffusion UNet quantizes only its Conv/Gemm/MatMul (the time embedding's ``1000 t`` angles and the SiLU/Add
   glue stay float).
+- ``weight_only`` (the GPT's cached decoder, one token a step): 8-bit weights in ``MatMulNBits``
+  (``onnx_weight_only``): one node per MatMul instead of a ``DynamicQuantizeLinear`` + ``MatMulInteger`` pair.
 
 The **scheme** (``int8_scheme``) follows the CPU that quantizes, for both methods: ONNX Runtime's u8×s8 kernels on
 an x86 CPU without VNNI multiply with ``vpmaddubsw``, whose int16 sum of two uint8×int8 products saturates
@@ -35,9 +37,10 @@ import numpy as np
 
 from genexp.deploy.latency import cpu_flags
 from genexp.deploy.onnx_runtime import open_session
+from genexp.deploy.onnx_weight_only import quantize_weight_only
 from genexp.runtime.errors import ConfigError, GenexpError
 
-METHODS = ("dynamic", "static")
+METHODS = ("dynamic", "static", "weight_only")
 SCHEMES = (
     "auto",
     "8bit",
@@ -149,7 +152,15 @@ def quantize_graph(
     bits = f"int8 ({7 if reduce_range else 8}-bit range)"
     tmp = target.with_name(f".{target.name}.tmp")
     with _quiet():
-        if method == "dynamic":
+        if method == "weight_only":
+            nodes = quantize_weight_only(source, tmp)
+            recipe = {
+                "method": "weight-only (MatMulNBits)",
+                "weights": "int8 symmetric per block of 32 rows, 8-bit on every CPU",
+                "activations": "int8, quantized per row inside MatMulNBits (accuracy_level 4)",
+                "nodes": len(nodes),
+            }
+        elif method == "dynamic":
             quantize_dynamic(
                 source,
                 tmp,

@@ -6,8 +6,9 @@
   (2, batch, heads_i, past + sequence, head_size_i); start with ``past = 0`` positions, keep
   ``past + sequence <= block_size``.
 
-Attention optionally as ONNX Runtime's fused op (with its ``past`` input in the cached decoder); int8: ONNX
-Runtime's dynamic int8 (MatMul/Gemm, ``QAttention``), checked on validation windows.
+Attention optionally as ONNX Runtime's fused op (with its ``past`` input in the cached decoder). int8, checked on
+validation windows: ``model.onnx`` with ONNX Runtime's dynamic int8 (MatMul/Gemm, ``QAttention``); the cached
+decoder, which runs one token a step, weight-only int8 (``MatMulNBits``: no per-step activation quantization).
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ def cached_graph(model: GPT, tokens: torch.Tensor, fused_attention: bool) -> Gra
     dynamic: dict[str, dict[int, str]] = {"tokens": axes, "logits": axes}
     dynamic.update({f"past_{i}": {1: "batch", 3: "past"} for i in range(count)})
     dynamic.update({f"present_{i}": {1: "batch", 3: "total"} for i in range(count)})
-    return Graph(CACHED, decoder, (tokens[:, 3:5].clone(), *past), inputs, outputs, dynamic)
+    example = (tokens[:, 3:5].clone(), *past)
+    return Graph(CACHED, decoder, example, inputs, outputs, dynamic, int8="weight_only")
 
 
 class OrtCachedDecoder:
