@@ -238,3 +238,29 @@ def test_the_int8_cached_decoder_is_weight_only_and_drives_generation(tmp_path: 
     int8_model.cached_decoder = OrtCachedDecoder(session, [list(p.shape) for p in net.empty_past(1)])
     ids = greedy(int8_model, torch.tensor([[5, 17, 40, 2]]), 80, cache=True)  # past the window: a re-fill
     assert ids.shape == (1, 84) and int(ids.max()) < len(VOCAB)
+
+
+def test_a_run_trained_before_the_cache_resumes_evaluates_and_exports_the_cached_decoder(
+    tmp_path: Path,
+) -> None:
+    """``tests/fixtures/gpt_before_cache``: a run written by the code before the cache (its README says how)."""
+    import json
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(REPO / "tests" / "fixtures" / "gpt_before_cache", old)
+    overrides = [line[2:] for line in (old / ".hydra" / "overrides.yaml").read_text().splitlines()]
+    resumed = run_cli(
+        [*overrides, "ckpt_path=checkpoints/last.ckpt", "trainer.max_epochs=2", "hydra.run.dir=more"], old
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Restoring states from the checkpoint" in resumed.stdout + resumed.stderr
+    assert (old / "more" / "checkpoints" / "epoch001.ckpt").is_file()  # the second epoch ran
+    evaluated = run_cli(["target=.", "hydra.run.dir=eval"], old, module="genexp.evaluate")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert "tokens_per_s" in (old / "eval" / "report.json").read_text()
+    exported = run_cli(["target=.", "quantize=int8", "out=export"], old, module="genexp.export")
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    info = json.loads((old / "export" / "model.json").read_text())
+    assert info["usage"]["cached"]["graph"] == "decoder_with_past.onnx"
+    assert (old / "export" / "decoder_with_past.int8.onnx").is_file()
