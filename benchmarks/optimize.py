@@ -1,6 +1,6 @@
 """genexp-optimize per family: the chosen deployable against the base model, from a trained base to best/.
 
-    python benchmarks/optimize.py                                   # VAE (default run) and GPT (gpt_shakespeare_cpu)
+    python benchmarks/optimize.py                # VAE (default run), GPT (gpt_shakespeare_cpu), GAN (gan_digits)
     python benchmarks/optimize.py --families vae --n-trials 8       # a subset, fewer trials
     python benchmarks/optimize.py --base vae=outputs/train/runs/<stamp>   # reuse a trained base run
 
@@ -8,7 +8,10 @@ Each base is a real ``genexp-train`` run (skipped with ``--base``); the search i
 subprocess with ``budget`` (relative, on the family's test metric's validation counterpart) and ``n_trials``.
 The table reads ``<out>/<family>/search/best/model.json``: the chosen backend, its latency and the base's torch
 fp32 eager latency timed in the same alternating rounds of the same process, the speedup, the validation and
-test quality change, and the search's wall time. Time on an idle machine: a figure taken while anything else
+test quality change, and the search's wall time. For a family with a hand-made reference (the GPT: 50%
+structured heads and MLP units, pruned while training the docs' way, shipped as ORT int8), a second table times
+the base's torch fp32 eager, the reference and the chosen deployable side by side in this process (6 interleaved
+rounds, 60 calls each), with their test quality. Time on an idle machine: a figure taken while anything else
 runs on the cores is noise.
 """
 
@@ -33,7 +36,9 @@ from genexp.exporters.registry import family_of
 BASES = {
     "vae": [],  # the default run
     "gpt": ["experiment=gpt_shakespeare_cpu", f"data.path={SHAKESPEARE}"],
+    "gan": ["experiment=gan_digits"],
 }
+BUDGETS = {"vae": 0.02, "gpt": 0.02, "gan": 0.10}  # the issue's: +2% -ELBO, +2% test loss, +10% FID
 # today's hand-made best per family (issue 28): trained the docs' way (docs/compression.md), shipped as ORT int8
 REFERENCES = {
     "gpt": [
@@ -112,16 +117,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--families", nargs="+", default=sorted(BASES), choices=sorted(BASES))
     parser.add_argument("--base", nargs="*", default=[], help="family=<run folder>: reuse a trained base")
-    parser.add_argument("--budget", type=float, default=0.02, help="relative quality change allowed")
+    parser.add_argument(
+        "--budget", type=float, default=None, help="relative quality change allowed (default: per family)"
+    )
     parser.add_argument("--n-trials", type=int, default=12)
     parser.add_argument("--out", type=Path, default=Path("outputs/benchmarks/optimize"))
     args = parser.parse_args()
     given = dict(item.split("=", 1) for item in args.base)
     console = Console()
     compared = []
-    table = Table(title=f"genexp-optimize, budget {args.budget:.0%}: the chosen deployable vs the base")
+    table = Table(title="genexp-optimize: the chosen deployable vs the base")
     for column in (
         "family",
+        "budget",
         "backend",
         "recipe",
         "base ms",
@@ -137,7 +145,8 @@ def main() -> None:
         if family not in given and not (base / "metrics.json").is_file():
             genexp_train(BASES[family], base)
         search = args.out / family / "search"
-        command = [sys.executable, "-m", "genexp.optimize", f"base={base}", f"budget={args.budget}"]
+        budget = BUDGETS[family] if args.budget is None else args.budget
+        command = [sys.executable, "-m", "genexp.optimize", f"base={base}", f"budget={budget}"]
         command += [f"n_trials={args.n_trials}", f"out={search}"]
         print("$ genexp-optimize", " ".join(command[3:]), flush=True)
         start = time.perf_counter()
@@ -147,6 +156,7 @@ def main() -> None:
         info = json.loads((folder / "model.json").read_text())
         table.add_row(
             family + ("" if info["within_budget"] else " (none within budget)"),
+            f"+{budget:.0%}",
             info["backend"],
             info.get("label", json.dumps(info["recipe"], sort_keys=True)),
             f"{info['base_latency_ms']:.2f}",

@@ -72,6 +72,23 @@ def test_a_structured_pruned_base_keeps_its_widths(runs: dict[str, Path]) -> Non
     assert sum(v.numel() for v in new.values()) < sum(v.numel() for v in full.values())
 
 
+def test_the_teacher_may_be_the_same_run_folder_as_init_from(runs: dict[str, Path]) -> None:
+    base, out = runs["base"], runs["root"] / "self_distilled"
+    result = run_cli(
+        [*FAST, "test=false", f"init_from={base}", "compression=[distill]"]
+        + [f"compression.distill.teacher={base}", f"hydra.run.dir={out}"],
+        cwd=runs["root"],
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert f"Distilling from {base}" in result.stdout + result.stderr + (out / "train.log").read_text()
+    bad = run_cli(
+        [*FAST, "compression=[distill]", f"compression.distill.teacher={runs['root']}", "hydra.run.dir=x"],
+        cwd=runs["root"],
+    )
+    lines = [line for line in bad.stderr.splitlines() if "error" in line.lower()]
+    assert bad.returncode != 0 and len(lines) == 1 and "compression.distill.teacher=" in lines[0], bad.stderr
+
+
 @pytest.mark.parametrize(
     "case, expected",
     [

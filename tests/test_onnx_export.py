@@ -150,6 +150,10 @@ def test_export_records_quality_and_latency_per_backend(runs: dict[str, Path]) -
     assert cells == {(b, n) for b in backends for n in (1, 16)}
     assert latency["threads"] >= 1 and latency["cpu"]
     assert set(latency["generation_tokens_per_s"]) == set(backends)
+    at_16 = [r for r in latency["rows"] if r["batch_size"] == 16]  # backend=auto (the default): the fastest
+    fastest = min(at_16, key=lambda r: r["median_ms"])
+    assert info["backend"]["name"] == fastest["backend"] and info["backend"]["batch_size"] == 16
+    assert info["backend"]["median_ms"] == fastest["median_ms"] and info["backend"]["cpu_flags"] is not None
 
 
 def test_a_second_export_never_overwrites_the_first(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -369,6 +373,7 @@ def test_bad_onnx_files_are_refused_by_eval(runs: dict[str, Path], tmp_path: Pat
         (["quantize=int4"], "quantize='int4': expected one of ['none', 'int8']"),
         (["opset=40"], "opset=40: expected an ONNX opset in [14, 20]"),
         (["fused_attention=maybe"], "fused_attention='maybe': expected true or false"),
+        (["backend=fastest"], "backend='fastest': expected one of ['auto', 'none']"),
     ],
 )
 def test_bad_export_settings_change_nothing(

@@ -63,6 +63,7 @@ def test_the_search_writes_the_study_table_plot_and_best(root: Path) -> None:
     for t in trials:  # every backend timed with the base in the same rounds; the fastest is the trial's
         assert t["backend"] == min(t["backends"], key=lambda b: t["backends"][b]["median_ms"])
         assert {"torch fp32 eager", "onnxruntime fp32"} <= set(t["backends"]) and t["base_latency_ms"] > 0
+        assert t["base_batch1_ms"] > 0 and all(b["batch1_ms"] > 0 for b in t["backends"].values())
         assert (Path(t["run"]) / "metrics.json").is_file()  # each trial is an ordinary genexp-train run
     best = json.loads((out / "best" / "model.json").read_text())
     assert best["within_budget"] and best["backend"] in trials[best["trial"]]["backends"]
@@ -158,6 +159,7 @@ def gan_base(root: Path) -> Path:
         ("objective=speed", "objective='speed'"),
         ("unfinished", "not a finished genexp-train run"),
         ("gan", "has no search space"),
+        ("objective=tokens_per_s", "has no cached text decoder"),
     ],
 )
 def test_bad_input_is_one_line(root: Path, gan_base: Path, case: str, expected: str) -> None:
@@ -174,3 +176,82 @@ def test_bad_input_is_one_line(root: Path, gan_base: Path, case: str, expected: 
         assert "space=" in lines[0]  # says how to give one
     assert snapshot(base) == before
     assert not (root / "bad" / "study.db").exists()
+
+
+@pytest.fixture(scope="module")
+def gpt_root(root: Path) -> Path:
+    """A tiny GPT base run on a small text, and a one-epoch copy of the GPT's search space."""
+    text = root / "text.txt"
+    text.write_text("ROMEO:\nBut soft, what light through yonder window breaks?\n" * 40, encoding="utf-8")
+    tiny = ["model=gpt", "data=text", f"data.path={text}", "model.n_layer=1", "model.n_embd=32"]
+    tiny += ["model.n_head=4", "data.block_size=16", "data.batches_per_epoch=2", "data.val_batches=1"]
+    result = run_cli([*BASE, *tiny, f"hydra.run.dir={root / 'gpt'}"], cwd=root)
+    assert result.returncode == 0, result.stderr[-2000:]
+    space = (CONF / "search" / "gpt.yaml").read_text()
+    space = space.replace("    low: 2\n    high: 6\n", "    low: 1\n    high: 1\n")  # one fine-tune epoch
+    assert "high: 1\n" in space
+    (root / "gpt_space.yaml").write_text(space)
+    return root
+
+
+def test_a_gpt_search_can_maximize_cached_tokens_per_s(gpt_root: Path) -> None:
+    out = gpt_root / "tokens"
+    args = [f"base={gpt_root / 'gpt'}", f"space={gpt_root / 'gpt_space.yaml'}", f"out={out}", *TIMING]
+    result = run_cli(
+        [*args, "n_trials=1", "budget=10", "objective=tokens_per_s"],
+        cwd=gpt_root,
+        module="genexp.optimize",
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    trial = json.loads((out / "trials.json").read_text())["trials"][0]
+    assert trial["batch_size"] == 1  # generation: one sequence, one new token a step, through the cache
+    for figures in trial["backends"].values():  # ms per generated token and its inverse, per backend
+        assert figures["tokens_per_s"] == pytest.approx(1e3 / figures["median_ms"])
+    assert trial["latency_ratio"] == pytest.approx(trial["latency_ms"] / trial["base_latency_ms"])
+    best = json.loads((out / "best" / "model.json").read_text())
+    assert best["objective"] == "tokens_per_s" and best["backend"] == trial["backend"]
+    assert "ms/token (batch 1, cached)" in (out / "trials.md").read_text()
+
+
+def test_an_image_score_is_measured_by_the_runs_own_sample_quality_settings() -> None:
+    """``metric: fid`` (the GAN's space): the run's SampleQuality settings, built directly; never a saved
+    ``_target_`` of another callable, and nothing for a metric the model logs itself."""
+    from types import SimpleNamespace
+
+    from genexp.callbacks.sample_quality import SampleQuality
+    from genexp.search.measure import sample_scorer
+
+    spec = {
+        "_target_": "genexp.callbacks.sample_quality.SampleQuality",
+        "cache_dir": "data",
+        "seed": 7,
+        "num_samples": 300,
+        "every_n_epochs": 0,
+    }
+    run = SimpleNamespace(config={"callbacks": {"sample_quality": spec}})
+    [scorer] = sample_scorer(run, "fid")
+    assert isinstance(scorer, SampleQuality) and scorer.every_n_epochs == 1  # scores every validation
+    assert (scorer.seed, scorer.num_samples, scorer.cache_dir) == (7, 300, "data")
+    assert sample_scorer(run, "nelbo") == []  # the VAE's -ELBO: the model logs it
+    crafted = SimpleNamespace(config={"callbacks": {"sample_quality": {**spec, "_target_": "os.system"}}})
+    assert sample_scorer(crafted, "fid") == []
+
+
+def test_the_diffusion_space_distils_to_fewer_steps_with_its_own_overrides(tmp_path: Path) -> None:
+    """``conf/search/diffusion.yaml``: every recipe sets ``model.sample_steps`` and distils from the base, with
+    the space's ``overrides`` (a distillation learning rate); a malformed ``overrides`` is one ConfigError."""
+    from genexp.runtime.errors import ConfigError
+    from genexp.search.space import describe, load_space, recipe_overrides
+
+    space = load_space("diffusion", None, "base")
+    assert space.metric == "fid" and "optimizer.lr=5.0e-4" in space.overrides
+    recipe = {"steps": 8, "distill": True, "alpha": 0.95, "sparsity": 0.0, "scope": "global", "int8": True}
+    groups, values = recipe_overrides({**recipe, "epochs": 6}, tmp_path / "last.ckpt")
+    assert groups == ["distill"] and "model.sample_steps=8" in values
+    assert f"compression.distill.teacher={tmp_path / 'last.ckpt'}" in values
+    assert describe({**recipe, "epochs": 6}).endswith("+int8 8 steps e6")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text((CONF / "search" / "gan.yaml").read_text() + "overrides: optimizer.lr=1\n")
+    with pytest.raises(ConfigError, match="overrides: a list of genexp-train overrides"):
+        load_space("gan", str(bad), "base")

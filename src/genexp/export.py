@@ -23,7 +23,7 @@ from rich.table import Table
 
 from genexp.checkpoints.rebuild import Loaded, load_any, trust
 from genexp.checks.run import check_trainer
-from genexp.checks.values import boolean
+from genexp.checks.values import boolean, one_of
 from genexp.deploy.onnx_export import check_opset, export_folder
 from genexp.deploy.onnx_package import check_quantize, write_package
 from genexp.deploy.onnx_quantize import int8_scheme
@@ -57,6 +57,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ConfigError(key, value, "a positive integer")
     fused = boolean("fused_attention", cfg.get("fused_attention", True))
+    backend = one_of("backend", cfg.get("backend", "auto"), ("auto", "none"))
     target = cfg.get("target")
     if not target:
         raise ConfigError("target", target, "a run folder, a .ckpt or a torch artifact (<run>/quantized)")
@@ -99,6 +100,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
         quality=quality if cfg.get("measure") else None,
         timing=dict(cfg.report) if cfg.get("measure") else {"repeats": 0},
         scheme=scheme,
+        choose_backend=backend == "auto",
     )
     print_export(folder, info)
     return info
@@ -133,6 +135,12 @@ def print_export(folder: Path, info: dict[str, Any], console: Console | None = N
                 f"int8 not written: {missed['graph']} at a relative error of {missed['relative_error']:.4f} "
                 f"(tolerance {missed['tolerance']}; {scheme})"
             )
+    if info.get("backend"):
+        chosen = info["backend"]
+        out.print(
+            f"backend: {chosen['name']} ({chosen['speedup_vs_torch']:.2f}x torch eager at batch "
+            f"{chosen['batch_size']} on this {chosen['cpu']}), recorded in model.json"
+        )
     latency = info.get("latency")
     if latency:
         timing = Table(title=f"latency ({latency['threads']} threads, {latency['cpu']}), ms median [p10-p90]")

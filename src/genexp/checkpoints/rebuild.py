@@ -150,17 +150,22 @@ def check_resumable(
             )
 
 
+def run_checkpoint(path: Path, key: str) -> Path:
+    """``path`` itself, or for a genexp-train run folder its ``last.ckpt`` (else its newest checkpoint)."""
+    if not path.is_dir():
+        return path
+    if not is_run_folder(path):
+        raise CheckpointError(
+            f"{key}={path}: not a genexp run folder (expected .hydra/config.yaml and checkpoints/ "
+            "written by genexp-train)"
+        )
+    return find_checkpoint(path, key)
+
+
 def load_init(path: str | Path, key: str = "init_from") -> dict[str, Any]:
     """The checkpoint a fresh run starts from (``init_from``): a run folder's ``last.ckpt`` (else its newest
     checkpoint) or a ``.ckpt`` file, loaded with the same checks and one-line errors as ``ckpt_path``."""
-    path = Path(path)
-    if path.is_dir():
-        if not is_run_folder(path):
-            raise CheckpointError(
-                f"{key}={path}: not a genexp run folder (expected .hydra/config.yaml and checkpoints/ "
-                "written by genexp-train)"
-            )
-        path = find_checkpoint(path, key)
+    path = run_checkpoint(Path(path), key)
     checkpoint = load_checkpoint(path, key=key)
     saved_config(checkpoint, path, key=key)  # the trust check, as for every config read from disk
     return checkpoint

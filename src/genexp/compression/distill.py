@@ -34,7 +34,7 @@ import lightning as L
 from lightning.pytorch import Callback
 from lightning.pytorch.utilities import rank_zero_warn
 
-from genexp.checkpoints.rebuild import load_model
+from genexp.checkpoints.rebuild import load_model, run_checkpoint
 from genexp.checks.values import is_int, is_number
 from genexp.compression.schedule import CompressionSchedule, last_epoch
 from genexp.models.base import GenerativeModule
@@ -47,13 +47,13 @@ REFERENCE_PREFIXES = ("val/", "test/", "fid/")  # teacher figures logged once as
 
 
 def load_teacher(path: str | Path, key: str = "compression.distill.teacher") -> GenerativeModule:
-    """Rebuild a frozen, eval-mode teacher from a genexp checkpoint through ``genexp.checkpoints.rebuild`` (its own
-    config, trust-checked, and its data module's saved state).
+    """Rebuild a frozen, eval-mode teacher from a genexp checkpoint, or a run folder's ``last.ckpt``, through
+    ``genexp.checkpoints.rebuild`` (its own config, trust-checked, and its data module's saved state).
 
     Raises CheckpointError naming ``key`` when the file is missing, not a genexp checkpoint, or its
     saved config and weights do not rebuild a model.
     """
-    teacher = load_model(path, key).model
+    teacher = load_model(run_checkpoint(Path(path), key), key).model
     teacher.requires_grad_(False)
     return teacher.eval()
 
@@ -61,7 +61,7 @@ def load_teacher(path: str | Path, key: str = "compression.distill.teacher") -> 
 def teacher_metrics(path: str | Path) -> dict[str, float]:
     """The val/test figures in the teacher run's ``metrics.json`` (next to ``<run>/checkpoints/``), or {}."""
     path = Path(path)
-    run = path.parent.parent if path.parent.name == "checkpoints" else path.parent
+    run = path if path.is_dir() else path.parent.parent if path.parent.name == "checkpoints" else path.parent
     file = run / "metrics.json"
     if not file.is_file():
         return {}

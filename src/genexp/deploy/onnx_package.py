@@ -16,18 +16,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import onnx
 import onnxruntime
 import torch
 
+from genexp.deploy.generation_speed import GENERATION_TOKENS, generation_speed
 from genexp.deploy.latency import (
     cpu_flags,
     cpu_name,
     interleaved_latency,
     omp_wait_policy,
-    tokens_per_s,
-    tokens_per_s_cached,
     torch_call,
 )
 from genexp.deploy.onnx_export import FORMAT, Family, Graph, export_graph, initializer_counts, io_of
@@ -38,7 +36,6 @@ from genexp.runtime.errors import ConfigError, GenexpError
 log = logging.getLogger(__name__)
 QUANTIZE = ("none", "int8")
 JSON_FILE = "model.json"
-GENERATION_TOKENS = 256
 
 
 def check_quantize(value: Any, key: str = "quantize") -> str:
@@ -62,6 +59,7 @@ def write_package(
     quality: Callable[[Path, str], dict[str, float]] | None = None,
     timing: dict[str, int] | None = None,
     scheme: str = "auto",
+    choose_backend: bool = True,
 ) -> dict[str, Any]:
     """Export ``family``'s graphs into ``folder`` (which must not exist), quantize, measure, write model.json.
 
@@ -73,6 +71,7 @@ def write_package(
         quality: ``quality(folder, variant)`` -> metrics of the variant ``"fp32"`` / ``"int8"`` (and ``"torch"``);
             None skips quality.
         timing: ``repeats``, ``rounds``, ``warmup`` of the latency (``repeats=0`` skips latency).
+        choose_backend: record the fastest backend timed (``fastest_backend``) as model.json's ``backend``.
     Returns:
         the contents of model.json.
     """
@@ -88,11 +87,35 @@ def write_package(
         timing = timing or {}
         if timing.get("repeats", 20):
             info["latency"] = latency_table(family, tmp, batch_size, **timing)
+            if choose_backend:
+                info["backend"] = fastest_backend(info["latency"], batch_size)
         (tmp / JSON_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, folder)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return info
+
+
+def fastest_backend(latency: dict[str, Any], batch_size: int) -> dict[str, Any]:
+    """``model.json``'s ``backend``: the fastest backend measured here at ``batch_size``, with its files and the
+    CPU it was measured on (another machine may rank the backends differently: export there again)."""
+    rows = [r for r in latency["rows"] if r["batch_size"] == batch_size]
+    best = min(rows, key=lambda r: r["median_ms"])
+    files = {
+        "torch fp32 eager": "the source checkpoint (source.target)",
+        "onnxruntime fp32": "*.onnx without .int8",
+        "onnxruntime int8": "*.int8.onnx",
+    }
+    return {
+        "name": best["backend"],
+        "files": files.get(best["backend"], ""),
+        "batch_size": batch_size,
+        "median_ms": best["median_ms"],
+        "speedup_vs_torch": best["speedup_vs_torch"],
+        "cpu": latency["cpu"],
+        "cpu_flags": latency["cpu_flags"],
+        "how": f"the fastest of {[r['backend'] for r in rows]} at batch {batch_size}, timed in one process",
+    }
 
 
 def _write(
@@ -226,56 +249,3 @@ def latency_table(
             "cache": "key/value cache; when full, re-filled from the last block_size // 2 ids",
         }
     return out
-
-
-def generation_speed(
-    text: tuple[np.ndarray, int],
-    main: Graph,
-    sessions: dict[str, Any],
-    new_tokens: int = GENERATION_TOKENS,
-    cached: Graph | None = None,
-    folder: Path | None = None,
-) -> dict[str, dict[str, float]]:
-    """Greedy tokens/s for ``new_tokens`` new tokens from a prompt ``(ids, block_size)``, per backend:
-    ``no_cache`` (the whole context, cropped to block_size, every step), ``cache`` (the ``cached`` decoder
-    graph, ``folder``'s fp32 and int8 files, and its torch module) and ``speedup`` (cache / no_cache)."""
-    prompt, block_size = text
-    net = main.module
-
-    def torch_next(ids: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return net(torch.from_numpy(ids))[:, -1].numpy()
-
-    speeds = {"torch fp32 eager": {"no_cache": tokens_per_s(torch_next, prompt, new_tokens, block_size)}}
-    for name, session in sessions.items():
-        speeds[name] = {
-            "no_cache": tokens_per_s(
-                lambda ids, s=session: s.run(None, {"tokens": ids})[0][:, -1], prompt, new_tokens, block_size
-            )
-        }
-    if cached is None or folder is None:
-        return speeds
-    empty = [
-        np.zeros((*p.shape[:1], 1, *p.shape[2:3], 0, *p.shape[4:]), np.float32) for p in cached.example[1:]
-    ]
-    decoder = cached.module
-
-    def torch_step(ids: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        with torch.inference_mode():
-            out = decoder(torch.from_numpy(ids), *(torch.from_numpy(p) for p in past))
-        return out[0].numpy(), [p.numpy() for p in out[1:]]
-
-    steps = {"torch fp32 eager": torch_step}
-    for name, file in (("onnxruntime fp32", cached.file), ("onnxruntime int8", cached.int8_file())):
-        if name in sessions and (folder / file).is_file():
-            session = open_session(folder / file)
-
-            def ort_step(ids: np.ndarray, past: list[np.ndarray], s: Any = session) -> Any:
-                out = s.run(None, {"tokens": ids, **dict(zip(cached.inputs[1:], past, strict=True))})
-                return out[0], out[1:]
-
-            steps[name] = ort_step
-    for name, step in steps.items():
-        speeds[name]["cache"] = tokens_per_s_cached(step, empty, prompt, new_tokens, block_size)
-        speeds[name]["speedup"] = speeds[name]["cache"] / speeds[name]["no_cache"]
-    return speeds

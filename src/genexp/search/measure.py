@@ -5,6 +5,11 @@ Timing happens here, in the ``genexp-optimize`` process, after the trial's fine-
 next one starts, under an exclusive lock on ``<out>/measure.lock`` (a second search on the same folder waits):
 no training shares the cores while a backend is timed. The base model's torch eager graph is timed in the same
 alternating rounds as the trial's backends, so every speedup is a ratio taken under the same conditions.
+A diffusion model's time is one call of its network times its ``sample_steps`` (the base's and each trial's
+own), so a trial distilled to fewer steps is as much faster. With ``objective=tokens_per_s`` (a text family)
+the timed call is a greedy generation of ``NEW_TOKENS`` tokens from the sample prompt at batch 1 through each
+backend's cached decoder, against the base's torch generation with its cache; the figures are then ms per
+generated token.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from genexp.callbacks.sample_quality import SampleQuality
 from genexp.checkpoints.rebuild import Loaded, load_any
-from genexp.deploy.latency import cpu_flags, cpu_name, interleaved_latency, torch_call
+from genexp.deploy.generation_speed import cached_steps, empty_past
+from genexp.deploy.latency import cpu_flags, cpu_name, interleaved_latency, tokens_per_s_cached, torch_call
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session, session_call
 from genexp.exporters.registry import family_of, graphs_of, install_graphs
@@ -27,6 +34,8 @@ from genexp.runtime.run_folder import scalar_metrics
 
 BASE_BACKEND = "base torch fp32 eager"
 TORCH, ORT_FP32, ORT_INT8 = "torch fp32 eager", "onnxruntime fp32", "onnxruntime int8"
+NEW_TOKENS = 64  # per timed generation (objective=tokens_per_s)
+AT_1 = " @ batch 1"
 
 
 @contextlib.contextmanager
@@ -41,19 +50,33 @@ def measuring(out: Path) -> Iterator[None]:
 
 
 def quality(loaded: Loaded, metric: str, split: str = "val") -> float:
-    """The family's ``metric`` of ``loaded.model`` on ``split`` (``val`` or ``test``), with the run's trainer."""
+    """The family's ``metric`` of ``loaded.model`` on ``split`` (``val`` or ``test``), with the run's trainer
+    (and, for an image score such as ``fid``, the run's ``SampleQuality`` callback: ``sample_scorer``)."""
     trainer_cfg = dict(loaded.config.get("trainer") or {})
     trainer_cfg.update(accelerator="cpu", devices=1, strategy="auto", enable_progress_bar=False)
     trainer_cfg.update(enable_model_summary=False, num_nodes=1)
     from omegaconf import OmegaConf
 
-    trainer = instantiate(OmegaConf.create(trainer_cfg), "trainer", logger=False, callbacks=[])
+    callbacks = sample_scorer(loaded, metric)
+    trainer = instantiate(OmegaConf.create(trainer_cfg), "trainer", logger=False, callbacks=callbacks)
     run = trainer.validate if split == "val" else trainer.test
     metrics = scalar_metrics(*run(loaded.model, datamodule=loaded.datamodule, verbose=False))
     name = f"{split}/{metric}"
     if name not in metrics:
         raise GenexpError(f"space: metric={metric}: the model logs no {name} (it logs {sorted(metrics)})")
     return metrics[name]
+
+
+def sample_scorer(loaded: Loaded, metric: str) -> list[SampleQuality]:
+    """The run's ``callbacks.sample_quality`` settings as a ``SampleQuality`` that scores every validation,
+    when ``metric`` is one of its scores (``fid``, ``kid``, ...): the same classifier, seed and sample noise
+    for the base and every trial. Built directly from its plain settings: a saved ``_target_`` is not called."""
+    spec = dict((loaded.config.get("callbacks") or {}).get("sample_quality") or {})
+    if spec.get("_target_") != f"{SampleQuality.__module__}.{SampleQuality.__name__}":
+        return []
+    kwargs = {k: spec[k] for k in ("cache_dir", "seed", "num_samples", "inception_weights") if k in spec}
+    scorer = SampleQuality(**kwargs, every_n_epochs=1)
+    return [scorer] if f"val/{metric}" in scorer.val_metric_names() else []
 
 
 def through_int8(loaded: Loaded, folder: Path) -> Loaded:
@@ -64,9 +87,16 @@ def through_int8(loaded: Loaded, folder: Path) -> Loaded:
 
 
 def measure_trial(
-    run: Path, base: Loaded, metric: str, batch_size: int, int8: bool, timing: dict[str, int]
+    run: Path,
+    base: Loaded,
+    metric: str,
+    batch_size: int,
+    int8: bool,
+    timing: dict[str, int],
+    objective: str = "latency",
 ) -> dict[str, Any]:
-    """Export the trial in ``run`` to ``run/export`` and measure it; returns the figures of every backend."""
+    """Export the trial in ``run`` to ``run/export`` and measure it; returns the figures of every backend
+    (``median_ms``: per call at ``batch_size``, or per generated token with ``objective=tokens_per_s``)."""
     loaded = load_any(run, key="trial")
     folder = run / "export"
     info = write_package(
@@ -83,30 +113,68 @@ def measure_trial(
     if "int8" in info["variants"]:
         files[ORT_INT8] = folder / main.int8_file()
         qualities[ORT_INT8] = quality(through_int8(loaded, folder), metric)
-    base_main = family_of(base.model, base.datamodule).graphs(batch_size)[0]
+    per = NEW_TOKENS if objective == "tokens_per_s" else 1
+    if objective == "tokens_per_s":
+        calls = {BASE_BACKEND: generation_call(base, None, TORCH)}
+        calls.update({name: generation_call(loaded, folder, name) for name in files})
+    else:  # the family's batch, and batch 1 (recorded; the objective is the family's batch)
+        calls = forward_calls(loaded, base, files, batch_size)
+        calls.update({f"{name}{AT_1}": call for name, call in forward_calls(loaded, base, files, 1).items()})
+    times = interleaved_latency(
+        calls, timing.get("repeats", 20), timing.get("warmup", 3), timing.get("rounds", 4)
+    )
+    steps = {name: sampler_calls(loaded) for name in files} | {BASE_BACKEND: sampler_calls(base)}
+    ms = {name: t["median_ms"] * steps[name.removesuffix(AT_1)] / per for name, t in times.items()}
+    backends = {}
+    for name in files:
+        backends[name] = {
+            "median_ms": ms[name],
+            "quality": qualities[name],
+            "bytes": files[name].stat().st_size,
+        }
+        if per > 1:
+            backends[name]["tokens_per_s"] = 1e3 / ms[name]
+        if f"{name}{AT_1}" in ms:
+            backends[name]["batch1_ms"] = ms[f"{name}{AT_1}"]
+    return {
+        "backends": backends,
+        "base_ms": ms[BASE_BACKEND],
+        **({"base_batch1_ms": ms[f"{BASE_BACKEND}{AT_1}"]} if f"{BASE_BACKEND}{AT_1}" in ms else {}),
+        "batch_size": 1 if objective == "tokens_per_s" else batch_size,
+        "int8": info.get("int8", {}),
+        "export": str(folder),
+    }
+
+
+def forward_calls(loaded: Loaded, base: Loaded, files: dict[str, Path], batch: int) -> dict[str, Any]:
+    """No-argument calls of one forward pass at ``batch``: the base's torch graph and each of the trial's
+    backends (torch eager, and the ONNX files in ``files``) on the same example input."""
+    main = family_of(loaded.model, loaded.datamodule).graphs(batch)[0]
+    base_main = family_of(base.model, base.datamodule).graphs(batch)[0]
     feeds = {name: x.numpy() for name, x in zip(main.inputs, main.example, strict=True)}
     calls = {
         BASE_BACKEND: torch_call(base_main.module, base_main.example),
         TORCH: torch_call(main.module, main.example),
     }
     calls.update({name: session_call(open_session(files[name]), feeds) for name in files if name != TORCH})
-    times = interleaved_latency(
-        calls, timing.get("repeats", 20), timing.get("warmup", 3), timing.get("rounds", 4)
-    )
-    return {
-        "backends": {
-            name: {
-                "median_ms": times[name]["median_ms"],
-                "quality": qualities[name],
-                "bytes": files[name].stat().st_size,
-            }
-            for name in files
-        },
-        "base_ms": times[BASE_BACKEND]["median_ms"],
-        "batch_size": batch_size,
-        "int8": info.get("int8", {}),
-        "export": str(folder),
-    }
+    return calls
+
+
+def sampler_calls(loaded: Loaded) -> int:
+    """Network calls per sample: a diffusion model's ``sample_steps`` (its images cost that many calls of the
+    timed graph), else 1."""
+    return int(getattr(loaded.model, "sample_steps", 1) or 1)
+
+
+def generation_call(loaded: Loaded, folder: Path | None, backend: str) -> Any:
+    """A no-argument call: greedy generation of ``NEW_TOKENS`` tokens from the sample prompt through
+    ``backend``'s cached decoder (torch: the model's own; ONNX Runtime: ``folder``'s graphs)."""
+    family = family_of(loaded.model, loaded.datamodule)
+    cached = next(g for g in family.graphs(1) if g.stem == family.cached)
+    step = cached_steps(cached, folder or Path("."), [backend])[backend]
+    prompt, block = family.text
+    empty = empty_past(cached)
+    return lambda: tokens_per_s_cached(step, empty, prompt, NEW_TOKENS, block)
 
 
 def machine() -> dict[str, Any]:

@@ -25,21 +25,28 @@ def write_table(
         out / "trials.json", {"budget": settings.budget, "objective": settings.objective, "trials": rows}
     )
     unit = "%" if settings.budget_mode == "relative" else ""
+    ms = "ms/token (batch 1, cached)" if settings.objective == "tokens_per_s" else "ms"
     scale = 100.0 if settings.budget_mode == "relative" else 1.0
     lines = [
         f"budget: {settings.budget * scale:g}{unit} ({settings.budget_mode}), objective: {settings.objective}",
         "",
-        "| trial | recipe | backend | val quality | change | ms | base ms | speedup | bytes | within budget |",
-        "|---:|---|---|---:|---:|---:|---:|---:|---:|:---:|",
+        f"| trial | recipe | backend | val quality | change | {ms} | base {ms} | speedup | ms @ batch 1 "
+        "| base ms @ batch 1 | bytes | within budget |",
+        "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for r in rows:
         mark = "**" if chosen is not None and r["number"] == chosen["number"] else ""
         lines.append(
             f"| {mark}{r['number']}{mark} | {r['label']} | {r['backend']} | {r['quality']:.4f} "
             f"| {r['quality_change'] * scale:+.2f}{unit} | {r['latency_ms']:.3f} | {r['base_latency_ms']:.3f} "
-            f"| {1 / r['latency_ratio']:.2f}x | {r['bytes']} | {'yes' if r['quality_change'] <= settings.budget else 'no'} |"
+            f"| {1 / r['latency_ratio']:.2f}x | {_ms(r['backends'][r['backend']].get('batch1_ms'))} "
+            f"| {_ms(r.get('base_batch1_ms'))} | {r['bytes']} | {'yes' if r['quality_change'] <= settings.budget else 'no'} |"
         )
     (out / "trials.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def _ms(value: float | None) -> str:
+    return "—" if value is None else f"{value:.3f}"
 
 
 def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] | None, out: Path) -> Path:
@@ -47,7 +54,7 @@ def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] 
     the budget line drawn, the base at (1, 0) and the chosen trial circled."""
     rows = [r for r in rows if math.isfinite(r["quality_change"])]  # a diverged trial has no point
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    x_key = "latency_ratio" if settings.objective == "latency" else "bytes"
+    x_key = "bytes" if settings.objective == "size" else "latency_ratio"
     scale = 100.0 if settings.budget_mode == "relative" else 1.0
     for backend, marker in MARKERS.items():
         mine = [r for r in rows if r["backend"] == backend]
@@ -67,7 +74,7 @@ def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] 
             textcoords="offset points",
             fontsize=8,
         )
-    if settings.objective == "latency":
+    if x_key == "latency_ratio":
         ax.scatter(
             [1.0], [0.0], marker="*", s=220, color="tab:red", label="base (torch fp32 eager)", zorder=3
         )
@@ -80,12 +87,15 @@ def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] 
             edgecolors="black",
             label="chosen" if chosen["quality_change"] <= settings.budget else "closest (none within budget)",
         )
-    xs = [r[x_key] for r in rows] + ([1.0] if settings.objective == "latency" else [])
+    xs = [r[x_key] for r in rows] + ([1.0] if x_key == "latency_ratio" else [])
     if min(xs) > 0 and max(xs) > 8 * min(xs):
         ax.set_xscale("log")
     ax.axhline(settings.budget * scale, color="tab:red", linestyle="--", linewidth=1, label="budget")
     ax.set_xlabel(
-        "latency / base latency (lower is faster)" if x_key == "latency_ratio" else "bytes of the deployable"
+        {
+            "latency": "latency / base latency (lower is faster)",
+            "tokens_per_s": "ms per generated token / base's (batch 1, cached; lower is faster)",
+        }.get(settings.objective, "bytes of the deployable")
     )
     ax.set_ylabel("quality change vs base" + (" (%)" if scale == 100.0 else "") + " (lower is better)")
     ax.set_title("genexp-optimize: trials")

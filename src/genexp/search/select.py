@@ -26,7 +26,7 @@ def choose(rows: list[dict[str, Any]], settings: Settings) -> tuple[dict[str, An
     """``(trial, within budget)``: the fastest/smallest within budget, else the closest to it (None: no trial)."""
     ok = within_budget(rows, settings.budget)
     if ok:
-        key = "latency_ratio" if settings.objective == "latency" else "bytes"
+        key = "bytes" if settings.objective == "size" else "latency_ratio"
         return min(ok, key=lambda r: (r[key], r["quality_change"])), True
     if not rows:
         return None, False

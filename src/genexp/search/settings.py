@@ -13,7 +13,7 @@ from genexp.runtime.errors import ConfigError, GenexpError
 from genexp.runtime.run_folder import FINISHED_MARKER, is_run_folder
 from genexp.runtime.startup import config_dir
 
-OBJECTIVES = ("latency", "size")
+OBJECTIVES = ("latency", "size", "tokens_per_s")  # tokens_per_s: a text family's cached generation speed
 BUDGET_MODES = ("relative", "absolute")
 
 

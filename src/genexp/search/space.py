@@ -1,12 +1,14 @@
 """A family's search space (``conf/search/<family>.yaml`` or the user's own file) and the recipe a trial draws.
 
 A recipe is a plain dict (``sparsity``, ``scope``, ``distill``, ``alpha``, ``temperature``, ``int8``,
-``epochs``); ``recipe_overrides`` turns it into the genexp-train overrides of an ordinary run.
+``epochs``, and for a sampler with steps such as the diffusion model ``steps``: its ``model.sample_steps``,
+reached by progressive distillation from the base when the recipe distils); ``recipe_overrides`` turns it
+into the genexp-train overrides of an ordinary run.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from omegaconf import OmegaConf
 from genexp.runtime.errors import ConfigError, GenexpError
 from genexp.runtime.startup import config_dir
 
-RECIPE_KEYS = ("sparsity", "scope", "distill", "alpha", "temperature", "int8", "epochs")
+RECIPE_KEYS = ("sparsity", "scope", "distill", "alpha", "temperature", "int8", "epochs", "steps")
 _TYPES = ("float", "int", "categorical")
 
 
@@ -28,6 +30,7 @@ class Space:
     batch_size: int
     params: dict[str, dict[str, Any]]
     path: Path
+    overrides: list[str] = field(default_factory=list)  # genexp-train overrides of every trial of this family
 
 
 def family_name(model_target: str) -> str:
@@ -55,7 +58,13 @@ def load_space(family: str, path: str | None, base: str) -> Space:
                 spec,
                 f"a parameter among {list(RECIPE_KEYS)} with type in {list(_TYPES)}",
             )
-    return Space(family, str(raw["metric"]), int(raw.get("batch_size", 16)), raw["params"], file)
+    overrides = raw.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(item, str) for item in overrides):
+        raise ConfigError(
+            "space", str(file), "overrides: a list of genexp-train overrides (key=value strings)"
+        )
+    batch = int(raw.get("batch_size", 16))
+    return Space(family, str(raw["metric"]), batch, raw["params"], file, overrides)
 
 
 def suggest(trial: Any, space: Space) -> dict[str, Any]:
@@ -81,8 +90,10 @@ def suggest(trial: Any, space: Space) -> dict[str, Any]:
 
 def recipe_overrides(recipe: dict[str, Any], teacher: Path) -> tuple[list[str], list[str]]:
     """``(compression groups, key=value overrides)`` of ``recipe``: structured pruning, distillation from
-    ``teacher``, the fine-tune's epochs."""
+    ``teacher``, the fine-tune's epochs, the sampling steps."""
     groups, out = [], [f"trainer.max_epochs={int(recipe['epochs'])}"]
+    if "steps" in recipe:
+        out.append(f"model.sample_steps={int(recipe['steps'])}")
     if recipe["sparsity"] > 0:
         groups.append("prune")
         out += [
@@ -108,4 +119,5 @@ def describe(recipe: dict[str, Any]) -> str:
         parts.append(f"kd{recipe.get('alpha', 0.5):.1f}")
     if recipe["int8"]:
         parts.append("int8")
-    return "+".join(parts) + f" e{recipe['epochs']}"
+    steps = f" {recipe['steps']} steps" if "steps" in recipe else ""
+    return "+".join(parts) + steps + f" e{recipe['epochs']}"

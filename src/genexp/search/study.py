@@ -18,6 +18,7 @@ import optuna
 from optuna.trial import TrialState
 
 from genexp.checkpoints.rebuild import Loaded, load_any
+from genexp.exporters.registry import family_of
 from genexp.runtime.errors import GenexpError
 from genexp.runtime.run_folder import find_checkpoint
 from genexp.search.measure import machine, measure_trial, measuring, quality
@@ -71,7 +72,8 @@ def change(value: float, reference: float, mode: str) -> float:
 
 
 def choose_backend(figures: dict[str, Any], objective: str) -> str:
-    """A trial's deployable: its fastest backend (``latency``) or its smallest file, then fastest (``size``)."""
+    """A trial's deployable: its fastest backend (``latency``, ``tokens_per_s``) or its smallest file, then
+    fastest (``size``)."""
     backends = figures["backends"]
     if objective == "size":
         return min(backends, key=lambda b: (backends[b]["bytes"], backends[b]["median_ms"]))
@@ -85,6 +87,11 @@ def run_trials(settings: Settings) -> tuple[optuna.study.Study, Space, Loaded]:
     base = load_any(checkpoint, key="base")
     target = str((base.config.get("model") or {}).get("_target_", "?"))
     space = load_space(family_name(target), settings.space, str(settings.base))
+    if settings.objective == "tokens_per_s" and family_of(base.model, base.datamodule).cached is None:
+        raise GenexpError(
+            f"objective=tokens_per_s: base={settings.base} is a {type(base.model).__name__}, which has no cached "
+            "text decoder; expected a GPT run (or objective=latency|size)"
+        )
     study, file = open_study(settings)
     reference = base_quality(file, base, space)
     started = time.monotonic()
@@ -99,9 +106,8 @@ def run_trials(settings: Settings) -> tuple[optuna.study.Study, Space, Loaded]:
             write_recipe(settings.out, trial.number, *recipe_overrides(recipes[trial.number], checkpoint))
             file.save(trial, "running")
         numbers = [trial.number for trial in batch]
-        logfile = launch(
-            settings.base, checkpoint, settings.out, numbers, settings.trial_overrides, settings.launcher
-        )
+        extra = [*space.overrides, *settings.trial_overrides]  # the user's last: they win
+        logfile = launch(settings.base, checkpoint, settings.out, numbers, extra, settings.launcher)
         for trial in batch:
             _measure_and_tell(
                 study, file, trial, recipes[trial.number], settings, space, base, reference, logfile
@@ -126,7 +132,13 @@ def _measure_and_tell(
         finished_metrics(settings.out, trial.number, logfile)
         with measuring(settings.out):
             figures = measure_trial(
-                folder, base, space.metric, space.batch_size, recipe["int8"], settings.timing
+                folder,
+                base,
+                space.metric,
+                space.batch_size,
+                recipe["int8"],
+                settings.timing,
+                settings.objective,
             )
     except GenexpError as err:
         log.warning("trial %d: %s", trial.number, err)
@@ -152,7 +164,7 @@ def _measure_and_tell(
     }
     values = [
         record["quality_change"],
-        record["latency_ratio"] if settings.objective == "latency" else float(record["bytes"]),
+        float(record["bytes"]) if settings.objective == "size" else record["latency_ratio"],
     ]
     trial.set_user_attr(RECORD, record)
     file.save(trial, "complete", values, **{RECORD: record})
