@@ -8,6 +8,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -143,13 +144,19 @@ def states(out: Path) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def gan_base(root: Path) -> Path:
-    """A finished run of a family with no search space (the GAN)."""
-    result = run_cli(
-        [*FAST, "model=gan", "model.sample_every_n_epochs=0", f"hydra.run.dir={root / 'gan'}"], cwd=root
-    )
+def own_base(root: Path) -> tuple[Path, dict[str, str]]:
+    """A finished run of a user's own model family (``test_own_model``'s TinyAE), which has no search space."""
+    from test_own_model import PACKAGE
+
+    (root / "lib" / "mypkg").mkdir(parents=True, exist_ok=True)
+    (root / "lib" / "mypkg" / "__init__.py").write_text(textwrap.dedent(PACKAGE))
+    (root / "myconf" / "model").mkdir(parents=True, exist_ok=True)
+    (root / "myconf" / "model" / "tiny.yaml").write_text("_target_: mypkg.TinyAE\nsample_every_n_epochs: 0\n")
+    env = {"PYTHONPATH": str(root / "lib")}
+    args = ["--config-dir", str(root / "myconf"), "model=tiny", *FAST, f"hydra.run.dir={root / 'own'}"]
+    result = run_cli(args, cwd=root, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
-    return root / "gan"
+    return root / "own", env
 
 
 @pytest.mark.parametrize(
@@ -158,22 +165,26 @@ def gan_base(root: Path) -> Path:
         ("budget=-1", "budget=-1"),
         ("objective=speed", "objective='speed'"),
         ("unfinished", "not a finished genexp-train run"),
-        ("gan", "has no search space"),
+        ("own", "has no search space"),
         ("objective=tokens_per_s", "has no cached text decoder"),
     ],
 )
-def test_bad_input_is_one_line(root: Path, gan_base: Path, case: str, expected: str) -> None:
+def test_bad_input_is_one_line(
+    root: Path, own_base: tuple[Path, dict[str, str]], case: str, expected: str
+) -> None:
     unfinished = root / "unfinished"
     unfinished.mkdir(exist_ok=True)
-    base = {"unfinished": unfinished, "gan": gan_base}.get(case, root / "base")
+    base = {"unfinished": unfinished, "own": own_base[0]}.get(case, root / "base")
     args = [f"base={base}", f"out={root / 'bad'}"] + ([case] if "=" in case else [])
+    if case == "own":
+        args.append("trust=[mypkg.]")
     before = snapshot(base)
-    result = run_cli(args, cwd=root, module="genexp.optimize")
+    result = run_cli(args, cwd=root, module="genexp.optimize", env=own_base[1] if case == "own" else None)
     assert result.returncode == 2, result.stderr[-2000:]
     lines = error_lines(result)
     assert len(lines) == 1 and expected in lines[0], result.stderr[-2000:]
-    if case == "gan":
-        assert "space=" in lines[0]  # says how to give one
+    if case == "own":
+        assert "a tinyae run" in lines[0] and "space=" in lines[0]  # says how to give one
     assert snapshot(base) == before
     assert not (root / "bad" / "study.db").exists()
 

@@ -76,7 +76,7 @@ def sample_scorer(loaded: Loaded, metric: str) -> list[SampleQuality]:
         return []
     kwargs = {k: spec[k] for k in ("cache_dir", "seed", "num_samples", "inception_weights") if k in spec}
     scorer = SampleQuality(**kwargs, every_n_epochs=1)
-    return [scorer] if f"val/{metric}" in scorer.val_metric_names() else []
+    return [scorer] if f"val/{metric}" in scorer.val_metric_names else []
 
 
 def through_int8(loaded: Loaded, folder: Path) -> Loaded:
