@@ -36,7 +36,7 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     result = run_cli([*BASE, f"hydra.run.dir={root / 'base'}"], cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
     space = (CONF / "search" / "vae.yaml").read_text()
-    space = space.replace("    low: 1\n    high: 4\n", "    low: 1\n    high: 1\n")  # one fine-tune epoch
+    space = space.replace("    low: 2\n    high: 10\n", "    low: 1\n    high: 1\n")  # one fine-tune epoch
     assert "high: 1\n" in space
     (root / "space.yaml").write_text(space)
     return root

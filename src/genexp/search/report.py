@@ -10,6 +10,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 
 from genexp.runtime.run_folder import write_json  # noqa: E402
 from genexp.search.settings import Settings  # noqa: E402
@@ -90,6 +91,8 @@ def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] 
     xs = [r[x_key] for r in rows] + ([1.0] if x_key == "latency_ratio" else [])
     if min(xs) > 0 and max(xs) > 8 * min(xs):
         ax.set_xscale("log")
+        for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+            axis(FormatStrFormatter("%g"))  # 0.2, not 2x10^-1
     ax.axhline(settings.budget * scale, color="tab:red", linestyle="--", linewidth=1, label="budget")
     ax.set_xlabel(
         {
