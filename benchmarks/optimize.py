@@ -8,10 +8,10 @@ Each base is a real ``genexp-train`` run (skipped with ``--base``); the search i
 subprocess with ``budget`` (relative, on the family's test metric's validation counterpart) and ``n_trials``.
 The table reads ``<out>/<family>/search/best/model.json``: the chosen backend, its latency and the base's torch
 fp32 eager latency timed in the same alternating rounds of the same process, the speedup, the validation and
-test quality change, and the search's wall time. For a family with a hand-made reference (the GPT: 50%
-structured heads and MLP units, pruned while training the docs' way, shipped as ORT int8), a second table times
-the base's torch fp32 eager, the reference and the chosen deployable side by side in this process (6 interleaved
-rounds, 60 calls each), with their test quality. Time on an idle machine: a figure taken while anything else
+test quality change, and the search's wall time. A second table per family times the base's torch fp32 eager and
+the chosen deployable side by side in this process (6 interleaved rounds, 60 calls each), with their test
+quality; for a family with a hand-made reference (the GPT: 50% structured heads and MLP units, pruned while
+training the docs' way, shipped as ORT int8) the reference too. Time on an idle machine: a figure taken while anything else
 runs on the cores is noise.
 """
 
@@ -65,9 +65,12 @@ def reference_run(family: str, out: Path) -> Path:
     return run
 
 
-def side_by_side(base_run: Path, chosen: Path, reference: Path, batch: int) -> dict[str, dict[str, float]]:
+def side_by_side(
+    base_run: Path, chosen: Path, reference: Path | None, batch: int
+) -> dict[str, dict[str, float]]:
     """The base's torch fp32 eager, the chosen deployable and the reference's ORT int8, interleaved in this
-    process on the same batch; ms per call (median and p10-p90)."""
+    process on the same batch; ms per batch of samples (median and p10-p90): per call, times a diffusion
+    model's sampling steps (the base's, and the chosen trial's own)."""
     base = load_any(base_run)
     main = family_of(base.model, base.datamodule).graphs(batch)[0]
     feeds = {name: x.numpy() for name, x in zip(main.inputs, main.example, strict=True)}
@@ -80,30 +83,37 @@ def side_by_side(base_run: Path, chosen: Path, reference: Path, batch: int) -> d
     else:
         name = "model.int8.onnx" if info["backend"] == "onnxruntime int8" else "model.onnx"
         calls["chosen"] = session_call(open_session(chosen / name), feeds)
-    calls["reference"] = session_call(open_session(reference / "export" / "model.int8.onnx"), feeds)
-    return interleaved_latency(calls, repeats=60, warmup=5, rounds=6)
+    if reference is not None:
+        calls["reference"] = session_call(open_session(reference / "export" / "model.int8.onnx"), feeds)
+    times = interleaved_latency(calls, repeats=60, warmup=5, rounds=6)
+    steps = getattr(base.model, "sample_steps", 1)  # a diffusion sample: one network call per step
+    per_sample = {"base": steps, "reference": steps, "chosen": info["recipe"].get("steps", steps)}
+    return {
+        name: {k: v * per_sample[name] for k, v in t.items() if k.endswith("_ms")}
+        for name, t in times.items()
+    }
 
 
-def print_reference(family: str, base_run: Path, chosen: Path, reference: Path, console: Console) -> None:
-    """One table: the base, the reference and the chosen deployable, test quality and latency side by side."""
+def print_side_by_side(
+    family: str, base_run: Path, chosen: Path, reference: Path | None, console: Console
+) -> None:
+    """One table: the base, the reference (if any) and the chosen deployable, test quality and latency."""
     info = json.loads((chosen / "model.json").read_text())
     metric = f"test/{info['metric']}"
-    base_test = json.loads((base_run / "metrics.json").read_text())[metric]
-    reference_test = json.loads((reference / "export" / "model.json").read_text())["quality"]["int8"][metric]
+    base_test = info["test"]["base"]  # the base checkpoint the trials started from, scored by the search
     times = side_by_side(base_run, chosen, reference, info["batch_size"])
-    table = Table(
-        title=f"{family}: the chosen deployable against today's hand-made best, batch {info['batch_size']}"
-    )
+    title = f"{family}: the chosen deployable side by side with the base, batch {info['batch_size']}"
+    table = Table(title=title + (" and today's hand-made best" if reference else ""))
     for column in ("row", metric, "change", "ms [p10-p90]", "x base torch"):
         table.add_column(column, justify="left" if column == "row" else "right")
-    rows = (
-        ("base, torch fp32 eager", base_test, times["base"]),
-        (
-            "hand-made: " + " ".join(REFERENCES[family][1:5]) + ", ORT int8",
-            reference_test,
-            times["reference"],
-        ),
-        (f"chosen: {info.get('label', '')}, {info['backend']}", info["test"]["quality"], times["chosen"]),
+    rows = [("base, torch fp32 eager", base_test, times["base"])]
+    if reference is not None:
+        reference_test = json.loads((reference / "export" / "model.json").read_text())["quality"]["int8"][
+            metric
+        ]
+        rows.append((f"hand-made: {REFERENCE_LABELS[family]}", reference_test, times["reference"]))
+    rows.append(
+        (f"chosen: {info.get('label', '')}, {info['backend']}", info["test"]["quality"], times["chosen"])
     )
     for label, value, t in rows:
         table.add_row(
@@ -169,11 +179,11 @@ def main() -> None:
             f"{info['test']['relative_change']:+.2%}",
             f"{minutes:.1f}",
         )
-        if family in REFERENCES:
-            compared.append((family, base, folder, reference_run(family, args.out)))
+        reference = reference_run(family, args.out) if family in REFERENCES else None
+        compared.append((family, base, folder, reference))
     console.print(table)
     for family, base, folder, reference in compared:
-        print_reference(family, base, folder, reference, console)
+        print_side_by_side(family, base, folder, reference, console)
     console.print(f"CPU: {cpu_name()}")
 
 

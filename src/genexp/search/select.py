@@ -3,7 +3,6 @@ scored once on the test split; with none within budget, the closest trial goes t
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -89,9 +88,6 @@ def write_choice(row: dict[str, Any], ok: bool, settings: Settings, space: Space
 
 
 def _base_test(base: Loaded, space: Space) -> float:
-    """The base's test quality: its metrics.json when it has it, else measured."""
-    if base.run_dir is not None and (base.run_dir / "metrics.json").is_file():
-        metrics = json.loads((base.run_dir / "metrics.json").read_text())
-        if f"test/{space.metric}" in metrics:
-            return float(metrics[f"test/{space.metric}"])
+    """The base's test quality, measured here on the checkpoint the trials started from (the run's own
+    ``metrics.json`` may score another one: its best checkpoint by the run's monitor)."""
     return quality(base, space.metric, "test")
