@@ -130,8 +130,9 @@ def test_a_killed_search_resumes_without_losing_or_repeating_a_trial(root: Path)
         {"000", "002"} <= folders <= {"000", "001", "002"}
     )  # 001: cut off (its folder, if any, kept as it was)
     assert states(out) == ["complete", "running", "complete"]  # 1: interrupted, left as it was
-    numbers = [t["number"] for t in json.loads((out / "trials.json").read_text())["trials"]]
-    assert numbers == [0, 2]
+    trials = json.loads((out / "trials.json").read_text())["trials"]
+    assert [t["number"] for t in trials] == [0, 2]
+    assert trials[0]["recipe"] != trials[1]["recipe"]  # the resumed launch draws anew, not launch 1's recipes
 
 
 def states(out: Path) -> list[str]:

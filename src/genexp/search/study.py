@@ -46,7 +46,10 @@ def open_study(settings: Settings) -> tuple[optuna.study.Study, StudyFile]:
             raise GenexpError(
                 f"out={settings.out}: holds a study with {key}={stored[key]}, not {value}; choose a new out folder"
             )
-    return file.load(optuna.samplers.NSGAIISampler(seed=settings.seed)), file
+    # A resumed launch seeds its sampler past the trials already in the file: the same seed again would draw
+    # the recipes of the first launch again (NSGA-II's first generation is random sampling).
+    seed = settings.seed + len(file.rows())
+    return file.load(optuna.samplers.NSGAIISampler(seed=seed)), file
 
 
 def finished(study: optuna.study.Study) -> list[Any]:
