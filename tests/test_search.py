@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import CONF, FAST, REPO, run_cli
 
@@ -35,11 +36,15 @@ def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("search")
     result = run_cli([*BASE, f"hydra.run.dir={root / 'base'}"], cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
-    space = (CONF / "search" / "vae.yaml").read_text()
-    space = space.replace("    low: 2\n    high: 10\n", "    low: 1\n    high: 1\n")  # one fine-tune epoch
-    assert "high: 1\n" in space
-    (root / "space.yaml").write_text(space)
+    one_epoch_space("vae", root / "space.yaml")
     return root
+
+
+def one_epoch_space(family: str, path: Path) -> None:
+    """``conf/search/<family>.yaml`` with its fine-tunes cut to one epoch, written to ``path``."""
+    space = OmegaConf.load(CONF / "search" / f"{family}.yaml")
+    space.params.epochs.low = space.params.epochs.high = 1
+    OmegaConf.save(space, path)
 
 
 def search(root: Path, out: str, *args: str) -> subprocess.CompletedProcess:
@@ -199,10 +204,7 @@ def gpt_root(root: Path) -> Path:
     tiny += ["model.n_head=4", "data.block_size=16", "data.batches_per_epoch=2", "data.val_batches=1"]
     result = run_cli([*BASE, *tiny, f"hydra.run.dir={root / 'gpt'}"], cwd=root)
     assert result.returncode == 0, result.stderr[-2000:]
-    space = (CONF / "search" / "gpt.yaml").read_text()
-    space = space.replace("    low: 2\n    high: 6\n", "    low: 1\n    high: 1\n")  # one fine-tune epoch
-    assert "high: 1\n" in space
-    (root / "gpt_space.yaml").write_text(space)
+    one_epoch_space("gpt", root / "gpt_space.yaml")
     return root
 
 
