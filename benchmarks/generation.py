@@ -30,53 +30,34 @@ import torch.nn.functional as F
 
 from _harness import latency_header, load_best
 from genexp.deploy import latency
+from genexp.deploy.generation_speed import cached_steps, empty_past, next_logits_calls
+from genexp.deploy.onnx_export import Family
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session
 from genexp.exporters.registry import family_of
 
-BACKENDS = ("torch fp32 eager", "onnxruntime fp32", "onnxruntime int8")
 
-
-def steps(model: Any, folder: Path) -> dict[str, tuple[Any, Any, list[np.ndarray]]]:
+def steps(family: Family, folder: Path) -> dict[str, tuple[Any, Any, list[np.ndarray]]]:
     """backend -> (no-cache next-logits call, cached step, empty past), numpy in and out; ORT from ``folder``."""
-    net = model.net.eval()
-
-    def torch_next(ids: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return net(torch.from_numpy(ids))[:, -1].numpy()
-
-    def torch_step(ids: np.ndarray, past: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
-        with torch.inference_mode():
-            logits, present = net.forward_cached(torch.from_numpy(ids), [torch.from_numpy(p) for p in past])
-        return logits.numpy(), [p.numpy() for p in present]
-
-    empty = [p.numpy() for p in net.empty_past(1)]
-    out = {"torch fp32 eager": (torch_next, torch_step, empty)}
-    for backend, suffix in (("onnxruntime fp32", ".onnx"), ("onnxruntime int8", ".int8.onnx")):
-        if not (folder / f"model{suffix}").is_file():
-            continue
-        main, decoder = (
-            open_session(folder / f"model{suffix}"),
-            open_session(folder / f"decoder_with_past{suffix}"),
-        )
-        names = [i.name for i in decoder.get_inputs()[1:]]
-
-        def ort_next(ids: np.ndarray, s: Any = main) -> np.ndarray:
-            return s.run(None, {"tokens": ids})[0][:, -1]
-
-        def ort_step(ids: np.ndarray, past: list[np.ndarray], s: Any = decoder, n: Any = names) -> Any:
-            result = s.run(None, {"tokens": ids, **dict(zip(n, past, strict=True))})
-            return result[0], result[1:]
-
-        out[backend] = (ort_next, ort_step, empty)
-    return out
+    graphs = {g.stem: g for g in family.graphs(1)}
+    main, cached = graphs["model"], graphs[family.cached]
+    files = {"onnxruntime fp32": main.file, "onnxruntime int8": main.int8_file()}
+    sessions = {
+        name: open_session(folder / file) for name, file in files.items() if (folder / file).is_file()
+    }
+    nexts = next_logits_calls(main, sessions)
+    cached_calls = cached_steps(cached, folder, list(nexts))
+    empty = empty_past(cached)
+    return {name: (nexts[name], cached_calls[name], empty) for name in nexts}
 
 
-def speeds(model: Any, folder: Path, new_tokens: int, rounds: int) -> dict[str, dict[str, float]]:
+def speeds(
+    model: Any, family: Family, folder: Path, new_tokens: int, rounds: int
+) -> dict[str, dict[str, float]]:
     """backend -> {"no_cache", "cache", "ratio"}: median tokens/s over interleaved rounds."""
     prompt = model.encode(model.sample_prompt).cpu().numpy().reshape(1, -1)
     block = model.block_size
-    calls = steps(model, folder)
+    calls = steps(family, folder)
     times: dict[tuple[str, str], list[float]] = {}
     for nxt, step, empty in calls.values():  # warm-up: one short generation each
         latency.tokens_per_s(nxt, prompt, 4, block)
@@ -140,8 +121,9 @@ def main() -> None:
         for run in args.run:
             model, datamodule, _ = load_best(Path(run))
             folder = Path(tmp) / f"export{len(rows)}"
-            write_package(family_of(model, datamodule), folder, quantize="int8", timing={"repeats": 0})
-            rows.append((run, model.block_size, speeds(model, folder, args.new_tokens, args.rounds)))
+            family = family_of(model, datamodule)
+            write_package(family, folder, quantize="int8", timing={"repeats": 0})
+            rows.append((run, model.block_size, speeds(model, family, folder, args.new_tokens, args.rounds)))
             if not args.no_quality:
                 checks.append((run, model.block_size, quality(model, args.long_tokens, args.long_samples)))
     print(

@@ -18,6 +18,7 @@ from genexp.deploy.onnx_runtime import open_session
 TORCH_EAGER = "torch fp32 eager"
 GENERATION_TOKENS = 256
 Step = Callable[[np.ndarray, list[np.ndarray]], tuple[np.ndarray, list[np.ndarray]]]
+NextLogits = Callable[[np.ndarray], np.ndarray]
 
 
 def generation_speed(
@@ -32,19 +33,10 @@ def generation_speed(
     ``no_cache`` (the whole context, cropped to block_size, every step), ``cache`` (the ``cached`` decoder
     graph, ``folder``'s fp32 and int8 files, and its torch module) and ``speedup`` (cache / no_cache)."""
     prompt, block_size = text
-    net = main.module
-
-    def torch_next(ids: np.ndarray) -> np.ndarray:
-        with torch.inference_mode():
-            return net(torch.from_numpy(ids))[:, -1].numpy()
-
-    speeds = {TORCH_EAGER: {"no_cache": tokens_per_s(torch_next, prompt, new_tokens, block_size)}}
-    for name, session in sessions.items():
-        speeds[name] = {
-            "no_cache": tokens_per_s(
-                lambda ids, s=session: s.run(None, {"tokens": ids})[0][:, -1], prompt, new_tokens, block_size
-            )
-        }
+    speeds = {
+        name: {"no_cache": tokens_per_s(next_logits, prompt, new_tokens, block_size)}
+        for name, next_logits in next_logits_calls(main, sessions).items()
+    }
     if cached is None or folder is None:
         return speeds
     empty = empty_past(cached)
@@ -53,6 +45,21 @@ def generation_speed(
         speeds[name]["cache"] = tokens_per_s_cached(step, empty, prompt, new_tokens, block_size)
         speeds[name]["speedup"] = speeds[name]["cache"] / speeds[name]["no_cache"]
     return speeds
+
+
+def next_logits_calls(main: Graph, sessions: dict[str, Any]) -> dict[str, NextLogits]:
+    """``next_logits(ids) -> logits of the last position`` per backend, without a cache: ``torch fp32 eager``
+    (the main graph's module) and each ONNX Runtime session of ``model.onnx`` / ``model.int8.onnx``."""
+    net = main.module
+
+    def torch_next(ids: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return net(torch.from_numpy(ids))[:, -1].numpy()
+
+    calls: dict[str, NextLogits] = {TORCH_EAGER: torch_next}
+    for name, session in sessions.items():
+        calls[name] = lambda ids, s=session: s.run(None, {"tokens": ids})[0][:, -1]
+    return calls
 
 
 def empty_past(cached: Graph) -> list[np.ndarray]:

@@ -90,11 +90,9 @@ class GPT(GenerativeModule):
         self.sample_prompt, self.sample_tokens = sample_prompt, sample_tokens
         self.temperature, self.top_k = temperature, top_k
         _check_sampling(temperature, top_k, "model.")
-        if self.vocab is not None and len(self.encode(sample_prompt, key="model.sample_prompt")) > block_size:
-            raise ConfigError(
-                "model.sample_prompt",
-                f"{len(sample_prompt)} characters",
-                f"at most data.block_size={block_size} characters (the model's context)",
+        if self.vocab is not None:
+            _check_context(
+                self.encode(sample_prompt, key="model.sample_prompt"), block_size, "model.sample_prompt"
             )
         self.net = Transformer(vocab_size, block_size, n_layer, n_head, n_embd, dropout, bias)
         self.net.activation_checkpointing = _recompute_mode(activation_checkpointing)
@@ -252,12 +250,7 @@ class GPT(GenerativeModule):
         ids = self.encode(prompt, key=key)
         if len(ids) == 0:
             raise ConfigError(key, prompt, "at least one character to start from")
-        if len(ids) > self.block_size:
-            raise ConfigError(
-                key,
-                f"{len(ids)} characters",
-                f"at most data.block_size={self.block_size} characters (the model's context)",
-            )
+        _check_context(ids, self.block_size, key)
         return ids
 
     def sample(self, n: int, prompt: str | None = None) -> list[str]:
@@ -351,3 +344,13 @@ def _recompute_mode(value: Any) -> str:
     if not isinstance(value, (bool, str)) or value not in modes:
         raise ConfigError("model.activation_checkpointing", value, "false, true (= block), block or mlp")
     return modes[value]
+
+
+def _check_context(ids: torch.Tensor, block_size: int, key: str) -> None:
+    """A prompt must fit in the model's context: at most ``block_size`` ids, else a ConfigError naming ``key``."""
+    if len(ids) > block_size:
+        raise ConfigError(
+            key,
+            f"{len(ids)} characters",
+            f"at most data.block_size={block_size} characters (the model's context)",
+        )

@@ -25,6 +25,7 @@ from genexp.callbacks.sample_quality import SampleQuality
 from genexp.checkpoints.rebuild import Loaded, load_any
 from genexp.deploy.generation_speed import cached_steps, empty_past
 from genexp.deploy.latency import cpu_flags, cpu_name, interleaved_latency, tokens_per_s_cached, torch_call
+from genexp.deploy.onnx_export import Family
 from genexp.deploy.onnx_package import write_package
 from genexp.deploy.onnx_runtime import open_session, session_call
 from genexp.exporters.registry import family_of, graphs_of, install_graphs
@@ -98,16 +99,17 @@ def measure_trial(
     """Export the trial in ``run`` to ``run/export`` and measure it; returns the figures of every backend
     (``median_ms``: per call at ``batch_size``, or per generated token with ``objective=tokens_per_s``)."""
     loaded = load_any(run, key="trial")
+    family, base_family = family_of(loaded.model, loaded.datamodule), family_of(base.model, base.datamodule)
     folder = run / "export"
     info = write_package(
-        family_of(loaded.model, loaded.datamodule),
+        family,
         folder,
         quantize="int8" if int8 else "none",
         batch_size=batch_size,
         timing={"repeats": 0},
     )
     fp32_quality = quality(loaded, metric)
-    main = family_of(loaded.model, loaded.datamodule).graphs(batch_size)[0]
+    main = family.graphs(batch_size)[0]
     files = {TORCH: folder / main.file, ORT_FP32: folder / main.file}
     qualities = {TORCH: fp32_quality, ORT_FP32: fp32_quality}
     if "int8" in info["variants"]:
@@ -115,11 +117,12 @@ def measure_trial(
         qualities[ORT_INT8] = quality(through_int8(loaded, folder), metric)
     per = NEW_TOKENS if objective == "tokens_per_s" else 1
     if objective == "tokens_per_s":
-        calls = {BASE_BACKEND: generation_call(base, None, TORCH)}
-        calls.update({name: generation_call(loaded, folder, name) for name in files})
+        calls = {BASE_BACKEND: generation_call(base_family, None, TORCH)}
+        calls.update({name: generation_call(family, folder, name) for name in files})
     else:  # the family's batch, and batch 1 (recorded; the objective is the family's batch)
-        calls = forward_calls(loaded, base, files, batch_size)
-        calls.update({f"{name}{AT_1}": call for name, call in forward_calls(loaded, base, files, 1).items()})
+        calls = forward_calls(family, base_family, files, batch_size)
+        at_1 = forward_calls(family, base_family, files, 1)
+        calls.update({f"{name}{AT_1}": call for name, call in at_1.items()})
     times = interleaved_latency(
         calls, timing.get("repeats", 20), timing.get("warmup", 3), timing.get("rounds", 4)
     )
@@ -146,11 +149,10 @@ def measure_trial(
     }
 
 
-def forward_calls(loaded: Loaded, base: Loaded, files: dict[str, Path], batch: int) -> dict[str, Any]:
+def forward_calls(family: Family, base: Family, files: dict[str, Path], batch: int) -> dict[str, Any]:
     """No-argument calls of one forward pass at ``batch``: the base's torch graph and each of the trial's
     backends (torch eager, and the ONNX files in ``files``) on the same example input."""
-    main = family_of(loaded.model, loaded.datamodule).graphs(batch)[0]
-    base_main = family_of(base.model, base.datamodule).graphs(batch)[0]
+    main, base_main = family.graphs(batch)[0], base.graphs(batch)[0]
     feeds = {name: x.numpy() for name, x in zip(main.inputs, main.example, strict=True)}
     calls = {
         BASE_BACKEND: torch_call(base_main.module, base_main.example),
@@ -166,10 +168,9 @@ def sampler_calls(loaded: Loaded) -> int:
     return int(getattr(loaded.model, "sample_steps", 1) or 1)
 
 
-def generation_call(loaded: Loaded, folder: Path | None, backend: str) -> Any:
+def generation_call(family: Family, folder: Path | None, backend: str) -> Any:
     """A no-argument call: greedy generation of ``NEW_TOKENS`` tokens from the sample prompt through
     ``backend``'s cached decoder (torch: the model's own; ONNX Runtime: ``folder``'s graphs)."""
-    family = family_of(loaded.model, loaded.datamodule)
     cached = next(g for g in family.graphs(1) if g.stem == family.cached)
     step = cached_steps(cached, folder or Path("."), [backend])[backend]
     prompt, block = family.text
