@@ -29,6 +29,7 @@ from rich.table import Table
 
 from _harness import SHAKESPEARE, cpu_name, genexp_train
 from genexp.checkpoints.rebuild import load_any
+from genexp.deploy.backends import by_name
 from genexp.deploy.latency import interleaved_latency, torch_call
 from genexp.deploy.onnx_runtime import open_session, session_call
 from genexp.exporters.registry import family_of
@@ -81,8 +82,8 @@ def side_by_side(
         graph = family_of(trial.model, trial.datamodule).graphs(batch)[0]
         calls["chosen"] = torch_call(graph.module, main.example)
     else:
-        name = "model.int8.onnx" if info["backend"] == "onnxruntime int8" else "model.onnx"
-        calls["chosen"] = session_call(open_session(chosen / name), feeds)
+        backend = by_name(info["backend"])  # ONNX Runtime or OpenVINO, fp32, bf16 or int8
+        calls["chosen"] = session_call(backend.open(chosen / backend.file(main.stem)), feeds)
     if reference is not None:
         calls["reference"] = session_call(open_session(reference / "export" / "model.int8.onnx"), feeds)
     times = interleaved_latency(calls, repeats=60, warmup=5, rounds=6)

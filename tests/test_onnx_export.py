@@ -146,14 +146,23 @@ def test_export_records_quality_and_latency_per_backend(runs: dict[str, Path]) -
     assert quality["int8"]["test/loss"] == pytest.approx(quality["torch"]["test/loss"], rel=0.02)
     latency = info["latency"]
     cells = {(r["backend"], r["batch_size"]) for r in latency["rows"]}
-    backends = ("torch fp32 eager", "onnxruntime fp32", "onnxruntime int8")
-    assert cells == {(b, n) for b in backends for n in (1, 16)}
+    ort = ("torch fp32 eager", "onnxruntime fp32", "onnxruntime int8")
+    # OpenVINO (a dev dependency) reads model.onnx, but has no kernel for ONNX Runtime's QAttention of the
+    # GPT's int8 graph: that backend is left out with its reason, not an error
+    assert "QAttention" in latency["left_out"]["openvino int8"]
+    bf16 = {"avx512_bf16", "amx_bf16"} & set(latency["cpu_flags"])
+    openvino = ["openvino fp32", *(["openvino bf16"] if bf16 else [])]
+    assert cells == {(b, n) for b in (*ort, *openvino) for n in (1, 16)}
     assert latency["threads"] >= 1 and latency["cpu"]
-    assert set(latency["generation_tokens_per_s"]) == set(backends)
+    assert set(latency["generation_tokens_per_s"]) == set(ort)  # the cached decoders run in ONNX Runtime
     at_16 = [r for r in latency["rows"] if r["batch_size"] == 16]  # backend=auto (the default): the fastest
     fastest = min(at_16, key=lambda r: r["median_ms"])
     assert info["backend"]["name"] == fastest["backend"] and info["backend"]["batch_size"] == 16
     assert info["backend"]["median_ms"] == fastest["median_ms"] and info["backend"]["cpu_flags"] is not None
+    if fastest["backend"].startswith("openvino"):  # OpenVINO's own kernels: the chosen backend is scored
+        assert quality[fastest["backend"]]["test/loss"] == pytest.approx(
+            quality["torch"]["test/loss"], rel=0.02
+        )
 
 
 def test_a_second_export_never_overwrites_the_first(runs: dict[str, Path], tmp_path: Path) -> None:

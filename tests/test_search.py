@@ -71,6 +71,11 @@ def test_the_search_writes_the_study_table_plot_and_best(root: Path) -> None:
         assert {"torch fp32 eager", "onnxruntime fp32"} <= set(t["backends"]) and t["base_latency_ms"] > 0
         assert t["base_batch1_ms"] > 0 and all(b["batch1_ms"] > 0 for b in t["backends"].values())
         assert (Path(t["run"]) / "metrics.json").is_file()  # each trial is an ordinary genexp-train run
+        assert "openvino fp32" in t["backends"]  # OpenVINO (a dev dependency) is timed as one more backend
+        fp32 = t["backends"]["onnxruntime fp32"]["quality"]
+        for name in {"openvino bf16", "openvino int8", "onnxruntime int8"} & set(t["backends"]):
+            mine = t["backends"][name]["quality"]  # scored through its own kernels, not copied from fp32
+            assert mine != fp32 and mine == pytest.approx(fp32, rel=0.05), name
     best = json.loads((out / "best" / "model.json").read_text())
     assert best["within_budget"] and best["backend"] in trials[best["trial"]]["backends"]
     fastest = min(trials, key=lambda t: t["latency_ratio"])  # relative to the base timed in the same rounds

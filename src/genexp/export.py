@@ -24,10 +24,10 @@ from rich.table import Table
 from genexp.checkpoints.rebuild import Loaded, load_any, trust
 from genexp.checks.run import check_trainer
 from genexp.checks.values import boolean, one_of
+from genexp.deploy.backends import Backend, by_name
 from genexp.deploy.onnx_export import check_opset, export_folder
 from genexp.deploy.onnx_package import check_quantize, write_package
 from genexp.deploy.onnx_quantize import int8_scheme
-from genexp.deploy.onnx_runtime import open_session
 from genexp.exporters.registry import family_of, graphs_of, install_graphs
 from genexp.report.measure_run import test_quality
 from genexp.report.onnx_target import is_onnx
@@ -107,11 +107,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _through(loaded: Loaded, folder: Path, variant: str) -> Any:
-    """A copy of the loaded model computing through the ``variant`` graphs of ``folder``."""
+    """A copy of the loaded model computing through ``folder``'s graphs: ``variant`` is ``fp32`` or ``int8``
+    (ONNX Runtime) or a backend's name (``openvino bf16``: ``genexp.deploy.backends``)."""
     import copy
 
-    suffix = ".int8.onnx" if variant == "int8" else ".onnx"
-    sessions = {g.stem: open_session(folder / f"{g.stem}{suffix}") for g in graphs_of(loaded.model)}
+    backend = by_name(variant) or Backend("onnxruntime", variant)
+    sessions = {g.stem: backend.open(folder / backend.file(g.stem)) for g in graphs_of(loaded.model)}
     return install_graphs(copy.deepcopy(loaded.model), sessions)
 
 

@@ -20,6 +20,7 @@ import onnx
 import onnxruntime
 import torch
 
+from genexp.deploy.backends import by_name, onnx_backends, open_backends
 from genexp.deploy.generation_speed import GENERATION_TOKENS, generation_speed
 from genexp.deploy.latency import (
     cpu_flags,
@@ -30,7 +31,7 @@ from genexp.deploy.latency import (
 )
 from genexp.deploy.onnx_export import FORMAT, Family, Graph, export_graph, initializer_counts, io_of
 from genexp.deploy.onnx_quantize import Int8ToleranceMiss, int8_scheme, quantize_graph
-from genexp.deploy.onnx_runtime import open_session, session_call
+from genexp.deploy.onnx_runtime import session_call
 from genexp.runtime.errors import ConfigError, GenexpError
 
 log = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ def write_package(
             info["latency"] = latency_table(family, tmp, batch_size, **timing)
             if choose_backend:
                 info["backend"] = fastest_backend(info["latency"], batch_size)
+                chosen = info["backend"]["name"]
+                if quality is not None and chosen.startswith("openvino"):  # its own kernels: scored too
+                    info["quality"][chosen] = quality(tmp, chosen)
         (tmp / JSON_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n", encoding="utf-8")
         os.replace(tmp, folder)
     finally:
@@ -101,14 +105,10 @@ def fastest_backend(latency: dict[str, Any], batch_size: int) -> dict[str, Any]:
     CPU it was measured on (another machine may rank the backends differently: export there again)."""
     rows = [r for r in latency["rows"] if r["batch_size"] == batch_size]
     best = min(rows, key=lambda r: r["median_ms"])
-    files = {
-        "torch fp32 eager": "the source checkpoint (source.target)",
-        "onnxruntime fp32": "*.onnx without .int8",
-        "onnxruntime int8": "*.int8.onnx",
-    }
+    backend = by_name(best["backend"])
     return {
         "name": best["backend"],
-        "files": files.get(best["backend"], ""),
+        "files": backend.files_label() if backend else "the source checkpoint (source.target)",
         "batch_size": batch_size,
         "median_ms": best["median_ms"],
         "speedup_vs_torch": best["speedup_vs_torch"],
@@ -207,12 +207,13 @@ def latency_table(
     rounds: int = 4,
     warmup: int = 3,
 ) -> dict[str, Any]:
-    """Latency of torch eager fp32, ORT fp32 and ORT int8 (where written), at batch 1 and ``batch_size``,
-    interleaved in one process; GPT generation tokens/s for 256 new tokens, with and without the cache."""
+    """Latency of torch eager fp32 and of every ONNX backend here (``backends.onnx_backends``: ONNX Runtime fp32
+    and int8 where written, OpenVINO's when installed), at batch 1 and ``batch_size``, interleaved in one process;
+    GPT generation tokens/s for 256 new tokens, with and without the cache (ONNX Runtime's graphs)."""
     main = family.graphs(1)[0]
-    sessions = {"onnxruntime fp32": open_session(folder / main.file)}
-    if (folder / main.int8_file()).is_file():
-        sessions["onnxruntime int8"] = open_session(folder / main.int8_file())
+    backends = onnx_backends(int8=(folder / main.int8_file()).is_file())
+    opened, skipped = open_backends(backends, folder, [main.stem])
+    sessions = {name: by_stem[main.stem] for name, by_stem in opened.items()}
     rows: list[dict[str, Any]] = []
     for batch in sorted({1, batch_size}):
         example = family.graphs(batch)[0].example
@@ -235,8 +236,12 @@ def latency_table(
         "omp_wait_policy": omp_wait_policy(),
         "repeats": repeats,
         "rounds": rounds,
+        "left_out": skipped,
     }
     if family.text is not None:
+        sessions = {
+            name: sessions[name] for name in ("onnxruntime fp32", "onnxruntime int8") if name in sessions
+        }
         graphs = family.graphs(1)
         cached = next((g for g in graphs if g.stem == family.cached), None)
         out["generation_tokens_per_s"] = generation_speed(

@@ -23,11 +23,12 @@ from typing import Any
 
 from genexp.callbacks.sample_quality import SampleQuality
 from genexp.checkpoints.rebuild import Loaded, load_any
+from genexp.deploy.backends import by_name, onnx_backends, open_backends
 from genexp.deploy.generation_speed import cached_steps, empty_past
 from genexp.deploy.latency import cpu_flags, cpu_name, interleaved_latency, tokens_per_s_cached, torch_call
 from genexp.deploy.onnx_export import Family
 from genexp.deploy.onnx_package import write_package
-from genexp.deploy.onnx_runtime import open_session, session_call
+from genexp.deploy.onnx_runtime import session_call
 from genexp.exporters.registry import family_of, graphs_of, install_graphs
 from genexp.runtime.build import instantiate
 from genexp.runtime.errors import GenexpError
@@ -80,11 +81,19 @@ def sample_scorer(loaded: Loaded, metric: str) -> list[SampleQuality]:
     return [scorer] if f"val/{metric}" in scorer.val_metric_names else []
 
 
-def through_int8(loaded: Loaded, folder: Path) -> Loaded:
-    """A copy of ``loaded`` whose deployable computes through the int8 graphs of ``folder``."""
-    sessions = {g.stem: open_session(folder / f"{g.stem}.int8.onnx") for g in graphs_of(loaded.model)}
+def through(loaded: Loaded, sessions: dict[str, Any]) -> Loaded:
+    """A copy of ``loaded`` whose deployable computes through ``sessions`` (one per graph stem, any backend)."""
     model = install_graphs(copy.deepcopy(loaded.model), sessions)
     return Loaded(**{**loaded.__dict__, "model": model})
+
+
+def through_backend(loaded: Loaded, folder: Path, name: str) -> Loaded:
+    """A copy of ``loaded`` computing through backend ``name``'s graphs in ``folder`` (``"onnxruntime int8"``)."""
+    backend = by_name(name)
+    if backend is None:
+        raise GenexpError(f"backend={name}: not an ONNX backend (expected e.g. 'onnxruntime int8')")
+    stems = [g.stem for g in graphs_of(loaded.model)]
+    return through(loaded, {stem: backend.open(folder / backend.file(stem)) for stem in stems})
 
 
 def measure_trial(
@@ -110,18 +119,28 @@ def measure_trial(
     )
     fp32_quality = quality(loaded, metric)
     main = family.graphs(batch_size)[0]
-    files = {TORCH: folder / main.file, ORT_FP32: folder / main.file}
-    qualities = {TORCH: fp32_quality, ORT_FP32: fp32_quality}
-    if "int8" in info["variants"]:
-        files[ORT_INT8] = folder / main.int8_file()
-        qualities[ORT_INT8] = quality(through_int8(loaded, folder), metric)
+    opened, skipped = open_backends(
+        onnx_backends("int8" in info["variants"]), folder, [g.stem for g in graphs_of(loaded.model)]
+    )
+    if objective == "tokens_per_s":  # generation runs through ONNX Runtime's cached decoders
+        opened = {name: sessions for name, sessions in opened.items() if name in (ORT_FP32, ORT_INT8)}
+    files = {TORCH: folder / main.file}
+    qualities = {TORCH: fp32_quality}
+    for name, sessions in opened.items():
+        backend = by_name(name)
+        files[name] = folder / backend.file(main.stem)
+        # fp32 on any runtime computes what torch does (relative error ~1e-7); bf16 and int8 are scored
+        qualities[name] = (
+            fp32_quality if backend.precision == "fp32" else quality(through(loaded, sessions), metric)
+        )
     per = NEW_TOKENS if objective == "tokens_per_s" else 1
     if objective == "tokens_per_s":
         calls = {BASE_BACKEND: generation_call(base_family, None, TORCH)}
         calls.update({name: generation_call(family, folder, name) for name in files})
     else:  # the family's batch, and batch 1 (recorded; the objective is the family's batch)
-        calls = forward_calls(family, base_family, files, batch_size)
-        at_1 = forward_calls(family, base_family, files, 1)
+        sessions = {name: by_stem[main.stem] for name, by_stem in opened.items()}
+        calls = forward_calls(family, base_family, sessions, batch_size)
+        at_1 = forward_calls(family, base_family, sessions, 1)
         calls.update({f"{name}{AT_1}": call for name, call in at_1.items()})
     times = interleaved_latency(
         calls, timing.get("repeats", 20), timing.get("warmup", 3), timing.get("rounds", 4)
@@ -145,20 +164,21 @@ def measure_trial(
         **({"base_batch1_ms": ms[f"{BASE_BACKEND}{AT_1}"]} if f"{BASE_BACKEND}{AT_1}" in ms else {}),
         "batch_size": 1 if objective == "tokens_per_s" else batch_size,
         "int8": info.get("int8", {}),
+        "left_out": skipped,
         "export": str(folder),
     }
 
 
-def forward_calls(family: Family, base: Family, files: dict[str, Path], batch: int) -> dict[str, Any]:
-    """No-argument calls of one forward pass at ``batch``: the base's torch graph and each of the trial's
-    backends (torch eager, and the ONNX files in ``files``) on the same example input."""
+def forward_calls(family: Family, base: Family, sessions: dict[str, Any], batch: int) -> dict[str, Any]:
+    """No-argument calls of one forward pass at ``batch``: the base's torch graph, the trial's torch eager
+    graph and each of its backends' ``sessions`` of the main graph, on the same example input."""
     main, base_main = family.graphs(batch)[0], base.graphs(batch)[0]
     feeds = {name: x.numpy() for name, x in zip(main.inputs, main.example, strict=True)}
     calls = {
         BASE_BACKEND: torch_call(base_main.module, base_main.example),
         TORCH: torch_call(main.module, main.example),
     }
-    calls.update({name: session_call(open_session(files[name]), feeds) for name in files if name != TORCH})
+    calls.update({name: session_call(session, feeds) for name, session in sessions.items()})
     return calls
 
 

@@ -15,7 +15,14 @@ from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 from genexp.runtime.run_folder import write_json  # noqa: E402
 from genexp.search.settings import Settings  # noqa: E402
 
-MARKERS = {"torch fp32 eager": "s", "onnxruntime fp32": "o", "onnxruntime int8": "^"}
+MARKERS = {  # one marker per backend: square torch, circle fp32, diamond bf16, triangle int8
+    "torch fp32 eager": "s",
+    "onnxruntime fp32": "o",
+    "onnxruntime int8": "^",
+    "openvino fp32": "o",
+    "openvino bf16": "D",
+    "openvino int8": "^",
+}
 
 
 def write_table(
@@ -57,14 +64,17 @@ def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x_key = "bytes" if settings.objective == "size" else "latency_ratio"
     scale = 100.0 if settings.budget_mode == "relative" else 1.0
-    for backend, marker in MARKERS.items():
+    for i, (backend, marker) in enumerate(MARKERS.items()):
         mine = [r for r in rows if r["backend"] == backend]
         if mine:
+            color = f"C{i}"  # OpenVINO's markers hollow, ONNX Runtime's and torch's filled
             ax.scatter(
                 [r[x_key] for r in mine],
                 [r["quality_change"] * scale for r in mine],
                 marker=marker,
                 s=50,
+                facecolors="none" if backend.startswith("openvino") else color,
+                edgecolors=color,
                 label=backend,
             )
     for r in rows:

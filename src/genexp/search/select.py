@@ -8,8 +8,9 @@ from pathlib import Path
 from typing import Any
 
 from genexp.checkpoints.rebuild import Loaded, load_any
+from genexp.deploy.backends import by_name
 from genexp.runtime.run_folder import LAST_CHECKPOINT, write_json
-from genexp.search.measure import ORT_FP32, ORT_INT8, TORCH, quality, through_int8
+from genexp.search.measure import TORCH, quality, through_backend
 from genexp.search.settings import Settings
 from genexp.search.space import Space
 
@@ -34,12 +35,12 @@ def choose(rows: list[dict[str, Any]], settings: Settings) -> tuple[dict[str, An
 
 def deployable_files(row: dict[str, Any]) -> list[Path]:
     """What ships for the trial's backend: the int8 or fp32 ONNX graphs, or the torch checkpoint."""
-    export = Path(row["export"])
-    if row["backend"] == ORT_INT8:
+    export, backend = Path(row["export"]), by_name(row["backend"])
+    if backend is None:
+        return [Path(row["run"]) / LAST_CHECKPOINT]
+    if backend.int8:
         return sorted(export.glob("*.int8.onnx"))
-    if row["backend"] == ORT_FP32:
-        return sorted(p for p in export.glob("*.onnx") if not p.name.endswith(".int8.onnx"))
-    return [Path(row["run"]) / LAST_CHECKPOINT]
+    return sorted(p for p in export.glob("*.onnx") if not p.name.endswith(".int8.onnx"))
 
 
 def write_choice(row: dict[str, Any], ok: bool, settings: Settings, space: Space, base: Loaded) -> Path:
@@ -54,8 +55,8 @@ def write_choice(row: dict[str, Any], ok: bool, settings: Settings, space: Space
         shutil.copy2(file, folder / name)
         files.append(name)
     loaded = load_any(Path(row["run"]), key="trial")
-    if row["backend"] == ORT_INT8:
-        loaded = through_int8(loaded, Path(row["export"]))
+    if by_name(row["backend"]) is not None:  # scored through the backend that ships
+        loaded = through_backend(loaded, Path(row["export"]), row["backend"])
     test_value = quality(loaded, space.metric, "test")
     base_test = _base_test(base, space)
     info = {

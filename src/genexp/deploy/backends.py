@@ -1,0 +1,92 @@
+"""The CPU backends an export folder's ONNX graphs run on, by the names every table uses.
+
+- ``onnxruntime fp32`` / ``onnxruntime int8``: ONNX Runtime on ``model.onnx`` / ``model.int8.onnx``.
+- ``openvino fp32``, ``openvino bf16`` (where the CPU computes bf16 natively), ``openvino int8``: OpenVINO on the
+  same files, when it is installed (``pip install genexp[openvino]``). Which runtime wins depends on the machine
+  and the family (``docs/search.md``), so every one available is timed and the fastest recorded.
+
+A backend that cannot read a graph (OpenVINO has no kernel for ONNX Runtime's ``com.microsoft`` quantized
+attention, for instance) is left out of that export's figures with its reason (``open_backends``); it is never
+an error of the export.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from genexp.deploy import openvino_runtime
+from genexp.deploy.onnx_runtime import open_session
+from genexp.runtime.errors import GenexpError
+
+log = logging.getLogger(__name__)
+TORCH = "torch fp32 eager"
+
+
+@dataclass(frozen=True)
+class Backend:
+    """One runtime at one precision, reading an export's fp32 or int8 graph files."""
+
+    runtime: str  # onnxruntime | openvino
+    precision: str  # fp32 | bf16 | int8
+
+    @property
+    def name(self) -> str:
+        return f"{self.runtime} {self.precision}"
+
+    @property
+    def int8(self) -> bool:
+        return self.precision == "int8"
+
+    def file(self, stem: str) -> str:
+        """The graph file this backend reads for graph ``stem``."""
+        return f"{stem}.int8.onnx" if self.int8 else f"{stem}.onnx"
+
+    def files_label(self) -> str:
+        """What ships for this backend, in words (``model.json``'s ``backend.files``)."""
+        return "*.int8.onnx" if self.int8 else "*.onnx without .int8"
+
+    def open(self, path: Path, key: str = "target") -> Any:
+        """A session (ONNX Runtime's interface) of ``path`` on this backend."""
+        if self.runtime == "openvino":
+            precision = "fp32" if self.int8 else self.precision  # int8 kernels; the rest of the graph in f32
+            return openvino_runtime.OpenVinoSession(path, precision, key=key)
+        return open_session(path, key=key)
+
+
+def onnx_backends(int8: bool) -> list[Backend]:
+    """The backends to time here: ONNX Runtime's, then OpenVINO's when installed; int8 ones when ``int8``."""
+    backends = [Backend("onnxruntime", "fp32")]
+    if openvino_runtime.available():
+        backends += [Backend("openvino", p) for p in openvino_runtime.precisions()]
+    if int8:
+        backends.append(Backend("onnxruntime", "int8"))
+        if openvino_runtime.available():
+            backends.append(Backend("openvino", "int8"))
+    return backends
+
+
+def by_name(name: str) -> Backend | None:
+    """The backend called ``name`` (``"openvino bf16"``), or None for torch eager and unknown names."""
+    runtime, _, precision = name.partition(" ")
+    if runtime in ("onnxruntime", "openvino") and precision in ("fp32", "bf16", "int8"):
+        return Backend(runtime, precision)
+    return None
+
+
+def open_backends(
+    backends: list[Backend], folder: Path, stems: list[str]
+) -> tuple[dict[str, dict[str, Any]], dict[str, str]]:
+    """``({backend name: {stem: session}}, {backend name: why it was left out})`` for the graphs ``stems`` of
+    ``folder``; a backend whose files are missing or that cannot read one of them is left out."""
+    opened: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    for backend in backends:
+        try:
+            opened[backend.name] = {stem: backend.open(folder / backend.file(stem)) for stem in stems}
+        except (GenexpError, FileNotFoundError) as err:
+            skipped[backend.name] = str(err)[:300]
+            log.info("%s left out: %s", backend.name, skipped[backend.name])
+    return opened, skipped
