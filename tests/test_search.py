@@ -178,6 +178,7 @@ def own_base(root: Path) -> tuple[Path, dict[str, str]]:
         ("unfinished", "not a finished genexp-train run"),
         ("own", "has no search space"),
         ("objective=tokens_per_s", "has no cached text decoder"),
+        ("sampler=random", "sampler='random'"),
     ],
 )
 def test_bad_input_is_one_line(

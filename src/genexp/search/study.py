@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from typing import Any
 
 import optuna
@@ -47,9 +48,20 @@ def open_study(settings: Settings) -> tuple[optuna.study.Study, StudyFile]:
                 f"out={settings.out}: holds a study with {key}={stored[key]}, not {value}; choose a new out folder"
             )
     # A resumed launch seeds its sampler past the trials already in the file: the same seed again would draw
-    # the recipes of the first launch again (NSGA-II's first generation is random sampling).
+    # the recipes of the first launch again (both samplers start with random draws).
     seed = settings.seed + len(file.rows())
-    return file.load(optuna.samplers.NSGAIISampler(seed=seed)), file
+    return file.load(sampler_of(settings, seed)), file
+
+
+def sampler_of(settings: Settings, seed: int) -> optuna.samplers.BaseSampler:
+    """``sampler=motpe``: multi-objective TPE, which models every trial in the study (those replayed from the
+    file too) after ``startup_trials`` random ones; ``nsga2``: NSGA-II, whose generations are only those of
+    one launch (random for a population's first 50 trials)."""
+    if settings.sampler == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
+    with warnings.catch_warnings():  # MOTPESampler is marked experimental in Optuna 2.x
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.MOTPESampler(n_startup_trials=settings.startup_trials, seed=seed)
 
 
 def finished(study: optuna.study.Study) -> list[Any]:
