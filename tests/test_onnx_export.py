@@ -510,3 +510,17 @@ def test_an_export_from_before_the_cache_still_evaluates(runs: dict[str, Path], 
     torch_model = load_any(runs["gpt"] / "checkpoints" / "last.ckpt").model.eval()
     assert torch.equal(got, torch_model.generate_ids(ids, 30, top_k=1, cache=False))
     assert generation_text(1234.4) == "1,234"  # an old report's single figure
+
+
+def test_every_family_computes_through_openvino_as_through_onnx_runtime(runs: dict[str, Path]) -> None:
+    """The search scores OpenVINO's backends by installing them as the model's graphs (the GPT's cached decoder
+    included): the metric through OpenVINO fp32 is the fp32 graph's."""
+    from genexp.checkpoints.rebuild import load_any
+    from genexp.search.measure import quality, through_backend
+
+    for family, metric in (("gpt", "loss"), ("vae", "nelbo")):
+        loaded = load_any(runs[family], key="run")
+        export = runs[family] / "export"
+        ort = quality(through_backend(loaded, export, "onnxruntime fp32"), metric)
+        openvino = quality(through_backend(loaded, export, "openvino fp32"), metric)
+        assert openvino == pytest.approx(ort, rel=1e-4), family

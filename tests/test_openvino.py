@@ -33,7 +33,7 @@ def test_openvino_computes_the_onnx_graph_in_the_precision_asked(tmp_path: Path)
     feeds = _conv_graph(tmp_path / "model.onnx")
     want = open_session(tmp_path / "model.onnx").run(None, feeds)[0]
     fp32 = openvino_runtime.OpenVinoSession(tmp_path / "model.onnx", "fp32")
-    assert [i.name for i in fp32.get_inputs()] == ["x"]
+    assert [(i.name, i.shape) for i in fp32.get_inputs()] == [("x", [4, 3, 16, 16])]
     assert _relative_error(fp32.run(None, feeds)[0], want) < 1e-5  # f32 pinned, not OpenVINO's bf16 default
     bf16 = openvino_runtime.OpenVinoSession(tmp_path / "model.onnx", "bf16")
     error = _relative_error(bf16.run(None, feeds)[0], want)

@@ -275,3 +275,25 @@ def test_the_diffusion_space_distils_to_fewer_steps_with_its_own_overrides(tmp_p
     bad.write_text((CONF / "search" / "gan.yaml").read_text() + "overrides: optimizer.lr=1\n")
     with pytest.raises(ConfigError, match="overrides: a list of genexp-train overrides"):
         load_space("gan", str(bad), "base")
+
+
+def test_the_default_sampler_models_every_stored_trial_after_its_random_start(tmp_path: Path) -> None:
+    """``sampler=tpe`` (default): multi-objective TPE with ``startup_trials`` random draws, so a search of
+    20-30 trials is model-guided (NSGA-II's first population of 50 would all be random); ``nsga2`` stays."""
+    import optuna
+
+    from genexp.search.settings import Settings
+    from genexp.search.study import sampler_of
+
+    settings = Settings(tmp_path, 0.02, "relative", "latency", 4, None, None, tmp_path, 0, startup_trials=3)
+    sampler = sampler_of(settings, seed=1)
+    assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 3
+    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+    for _ in range(25):  # after 3 random draws, x concentrates where both objectives are low (x near 0)
+        trial = study.ask()
+        x = trial.suggest_float("x", 0.0, 1.0)
+        study.tell(trial, [x, x * x])
+    later = sorted(t.params["x"] for t in study.trials[15:])
+    assert later[len(later) // 2] < 0.2, later  # random draws would put the median near 0.5
+    settings.sampler = "nsga2"
+    assert isinstance(sampler_of(settings, seed=1), optuna.samplers.NSGAIISampler)

@@ -76,11 +76,18 @@ class OpenVinoSession:
         except Exception as err:  # noqa: BLE001 - OpenVINO raises its own RuntimeError for every bad file
             raise GenexpError(f"{key}={path}: not an ONNX graph OpenVINO can run: {reason(err)}") from err
         self.request = self.compiled.create_infer_request()
-        self.names = [port.get_any_name() for port in self.compiled.inputs]
+        self.inputs = [
+            SimpleNamespace(
+                name=port.get_any_name(),
+                shape=[d.get_length() if d.is_static else "?" for d in port.get_partial_shape()],
+            )
+            for port in self.compiled.inputs
+        ]
 
     def get_inputs(self) -> list[SimpleNamespace]:
-        """The graph's inputs, each with a ``name`` (as ONNX Runtime's ``NodeArg``)."""
-        return [SimpleNamespace(name=name) for name in self.names]
+        """The graph's inputs, each with a ``name`` and a ``shape`` (a dynamic axis as a string), as ONNX
+        Runtime's ``NodeArg``."""
+        return list(self.inputs)
 
     def run(self, output_names: Any, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         """Every output of one call on ``feeds`` (``output_names`` must be None, as genexp calls it)."""

@@ -15,7 +15,7 @@ from genexp.runtime.startup import config_dir
 
 OBJECTIVES = ("latency", "size", "tokens_per_s")  # tokens_per_s: a text family's cached generation speed
 BUDGET_MODES = ("relative", "absolute")
-SAMPLERS = ("motpe", "nsga2")
+SAMPLERS = ("tpe", "nsga2")
 
 
 @dataclass
@@ -35,7 +35,7 @@ class Settings:
     launcher: str | None = None
     trial_overrides: list[str] = field(default_factory=list)
     timing: dict[str, int] = field(default_factory=dict)
-    sampler: str = "motpe"
+    sampler: str = "tpe"
     startup_trials: int = 8
 
 
@@ -68,7 +68,7 @@ def settings_of(cfg: DictConfig) -> Settings:
         launcher=launcher_of(cfg.get("launcher")),
         trial_overrides=[str(o) for o in overrides],
         timing=timing,
-        sampler=str(one_of("sampler", cfg.get("sampler", "motpe"), SAMPLERS)),
+        sampler=str(one_of("sampler", cfg.get("sampler", "tpe"), SAMPLERS)),
         startup_trials=positive_int("startup_trials", cfg.get("startup_trials", 8)),
     )
 

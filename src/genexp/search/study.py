@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-import warnings
 from typing import Any
 
 import optuna
@@ -54,14 +53,12 @@ def open_study(settings: Settings) -> tuple[optuna.study.Study, StudyFile]:
 
 
 def sampler_of(settings: Settings, seed: int) -> optuna.samplers.BaseSampler:
-    """``sampler=motpe``: multi-objective TPE, which models every trial in the study (those replayed from the
-    file too) after ``startup_trials`` random ones; ``nsga2``: NSGA-II, whose generations are only those of
-    one launch (random for a population's first 50 trials)."""
+    """``sampler=tpe``: Optuna's TPE, multi-objective (MOTPE), which models every trial in the study (those
+    replayed from the file too) after ``startup_trials`` random ones; ``nsga2``: NSGA-II, whose generations are
+    only those of one launch (random for a population's first 50 trials)."""
     if settings.sampler == "nsga2":
         return optuna.samplers.NSGAIISampler(seed=seed)
-    with warnings.catch_warnings():  # MOTPESampler is marked experimental in Optuna 2.x
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.samplers.MOTPESampler(n_startup_trials=settings.startup_trials, seed=seed)
+    return optuna.samplers.TPESampler(n_startup_trials=settings.startup_trials, seed=seed)
 
 
 def finished(study: optuna.study.Study) -> list[Any]:
