@@ -84,3 +84,10 @@ def test_backend_names_and_what_ships_for_them(tmp_path: Path) -> None:
     int8 = deployable_files({**row, "backend": "openvino int8"})
     assert [p.name for p in int8] == ["decoder.int8.onnx", "model.int8.onnx"]
     assert deployable_files({**row, "backend": "torch fp32 eager"})[0].name == "last.ckpt"
+
+
+def test_model_json_says_how_to_run_the_chosen_backend() -> None:
+    bf16 = Backend("openvino", "bf16").how()
+    assert bf16["compile_config"]["INFERENCE_PRECISION_HINT"] == "bf16" and bf16["device"] == "CPU"
+    assert Backend("openvino", "int8").how()["compile_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    assert Backend("onnxruntime", "int8").how()["runtime"] == "onnxruntime"

@@ -48,6 +48,14 @@ class Backend:
         """What ships for this backend, in words (``model.json``'s ``backend.files``)."""
         return "*.int8.onnx" if self.int8 else "*.onnx without .int8"
 
+    def how(self) -> dict[str, Any]:
+        """How to run the shipped files on this backend (``model.json``'s ``backend.runtime``, ``best/model.json``'s ``runtime``)."""
+        if self.runtime == "openvino":
+            precision = "f32" if self.int8 else openvino_runtime.PRECISIONS[self.precision]
+            config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+            return {"runtime": "openvino", "device": "CPU", "compile_config": config}
+        return {"runtime": "onnxruntime", "providers": ["CPUExecutionProvider"]}
+
     def open(self, path: Path, key: str = "target") -> Any:
         """A session (ONNX Runtime's interface) of ``path`` on this backend."""
         if self.runtime == "openvino":

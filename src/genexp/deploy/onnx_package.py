@@ -109,6 +109,7 @@ def fastest_backend(latency: dict[str, Any], batch_size: int) -> dict[str, Any]:
     return {
         "name": best["backend"],
         "files": backend.files_label() if backend else "the source checkpoint (source.target)",
+        "runtime": backend.how() if backend else {"runtime": "torch"},
         "batch_size": batch_size,
         "median_ms": best["median_ms"],
         "speedup_vs_torch": best["speedup_vs_torch"],

@@ -62,6 +62,7 @@ def write_choice(row: dict[str, Any], ok: bool, settings: Settings, space: Space
     info = {
         "backend": row["backend"],
         "files": files,
+        "runtime": backend.how() if (backend := by_name(row["backend"])) else {"runtime": "torch"},
         "within_budget": ok,
         "budget": settings.budget,
         "budget_mode": settings.budget_mode,
