@@ -49,7 +49,8 @@ class Backend:
         return "*.int8.onnx" if self.int8 else "*.onnx without .int8"
 
     def how(self) -> dict[str, Any]:
-        """How to run the shipped files on this backend (``model.json``'s ``backend.runtime``, ``best/model.json``'s ``runtime``)."""
+        """How to run the shipped files on this backend: ``model.json``'s ``backend.runtime`` (an export) and
+        ``runtime`` (``best/`` of a search)."""
         if self.runtime == "openvino":
             precision = "f32" if self.int8 else openvino_runtime.PRECISIONS[self.precision]
             config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
