@@ -43,6 +43,7 @@ BASES = {
 }
 # the issue's: +2% -ELBO, +2% test loss, +10% FID, FID within 1.5x the 32-step teacher's
 BUDGETS = {"vae": 0.02, "gpt": 0.02, "gan": 0.10, "diffusion": 0.5}
+SAME_BACKEND = "reference, chosen backend"
 REFERENCE_LABELS = {"gpt": "50% heads + MLP units per layer, pruned in training (epochs 2-8), ORT int8"}
 # today's hand-made best per family (issue 28): trained the docs' way (docs/compression.md), shipped as ORT int8
 REFERENCES = {
@@ -87,9 +88,20 @@ def side_by_side(
         calls["chosen"] = session_call(backend.open(chosen / backend.file(main.stem)), feeds)
     if reference is not None:
         calls["reference"] = session_call(open_session(reference / "export" / "model.int8.onnx"), feeds)
+        backend = by_name(info["backend"])
+        if (
+            backend is not None and backend.name != "onnxruntime int8"
+        ):  # is the win the backend's or the search's?
+            same = backend.open(reference / "export" / backend.file(main.stem))
+            calls[SAME_BACKEND] = session_call(same, feeds)
     times = interleaved_latency(calls, repeats=60, warmup=5, rounds=6)
     steps = getattr(base.model, "sample_steps", 1)  # a diffusion sample: one network call per step
-    per_sample = {"base": steps, "reference": steps, "chosen": info["recipe"].get("steps", steps)}
+    per_sample = {
+        "base": steps,
+        "reference": steps,
+        SAME_BACKEND: steps,
+        "chosen": info["recipe"].get("steps", steps),
+    }
     return {
         name: {k: v * per_sample[name] for k, v in t.items() if k.endswith("_ms")}
         for name, t in times.items()
@@ -131,6 +143,9 @@ def print_side_by_side(
             metric
         ]
         rows.append((f"hand-made: {REFERENCE_LABELS[family]}", reference_test, "reference"))
+    if SAME_BACKEND in runs[0]:  # the reference in the chosen deployable's backend (its fp32 test quality)
+        fp32 = json.loads((reference / "export" / "model.json").read_text())["quality"]["fp32"][metric]
+        rows.append((f"hand-made in the chosen one's backend, {info['backend']}", fp32, SAME_BACKEND))
     rows.append((f"chosen: {info.get('label', '')}, {info['backend']}", info["test"]["quality"], "chosen"))
     for label, value, key in rows:
         ms = [run[key]["median_ms"] for run in runs]

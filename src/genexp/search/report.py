@@ -104,6 +104,11 @@ def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] 
         for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
             axis(FormatStrFormatter("%g"))  # 0.2, not 2x10^-1
     ax.axhline(settings.budget * scale, color="tab:red", linestyle="--", linewidth=1, label="budget")
+    changes = [abs(r["quality_change"]) * scale for r in rows]
+    near = max(settings.budget * scale, 1e-9) * 2
+    if changes and max(changes) > 10 * near:  # far-off trials (FID +1000%) would flatten the budget's region
+        ax.set_yscale("symlog", linthresh=near)  # linear within twice the budget, logarithmic beyond
+        ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax.set_xlabel(
         {
             "latency": "latency / base latency (lower is faster)",
