@@ -288,12 +288,17 @@ def test_the_default_sampler_models_every_stored_trial_after_its_random_start(tm
     settings = Settings(tmp_path, 0.02, "relative", "latency", 4, None, None, tmp_path, 0, startup_trials=3)
     sampler = sampler_of(settings, seed=1)
     assert isinstance(sampler, optuna.samplers.TPESampler) and sampler._n_startup_trials == 3
-    study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
-    for _ in range(25):  # after 3 random draws, x concentrates where both objectives are low (x near 0)
-        trial = study.ask()
-        x = trial.suggest_float("x", 0.0, 1.0)
-        study.tell(trial, [x, x * x])
-    later = sorted(t.params["x"] for t in study.trials[15:])
-    assert later[len(later) // 2] < 0.2, later  # random draws would put the median near 0.5
+
+    def later_median(sampler: optuna.samplers.BaseSampler) -> float:
+        study = optuna.create_study(directions=["minimize", "minimize"], sampler=sampler)
+        for _ in range(25):  # both objectives are lowest at x = 0
+            trial = study.ask()
+            x = trial.suggest_float("x", 0.0, 1.0)
+            study.tell(trial, [x, x * x])
+        later = sorted(t.params["x"] for t in study.trials[15:])
+        return later[len(later) // 2]
+
+    guided, random = later_median(sampler), later_median(optuna.samplers.RandomSampler(seed=1))
+    assert guided < 0.5 * random, (guided, random)  # after 3 random draws TPE concentrates near x = 0
     settings.sampler = "nsga2"
     assert isinstance(sampler_of(settings, seed=1), optuna.samplers.NSGAIISampler)
