@@ -22,7 +22,6 @@ from genexp.deploy.onnx_runtime import open_session
 from genexp.runtime.errors import GenexpError
 
 log = logging.getLogger(__name__)
-TORCH = "torch fp32 eager"
 
 
 @dataclass(frozen=True)
