@@ -79,19 +79,17 @@ def side_by_side(
     feeds = {name: x.numpy() for name, x in zip(main.inputs, main.example, strict=True)}
     info = json.loads((chosen / "model.json").read_text())
     calls = {"base": torch_call(main.module, main.example)}
-    if info["backend"] == "torch fp32 eager":
+    backend = by_name(info["backend"])  # ONNX Runtime or OpenVINO, fp32, bf16 or int8; None: torch eager
+    if backend is None:
         trial = load_any(Path(info["run"]), key="trial")
         graph = family_of(trial.model, trial.datamodule).graphs(batch)[0]
         calls["chosen"] = torch_call(graph.module, main.example)
     else:
-        backend = by_name(info["backend"])  # ONNX Runtime or OpenVINO, fp32, bf16 or int8
         calls["chosen"] = session_call(backend.open(chosen / backend.file(main.stem)), feeds)
     if reference is not None:
         calls["reference"] = session_call(open_session(reference / "export" / "model.int8.onnx"), feeds)
-        backend = by_name(info["backend"])
-        if (
-            backend is not None and backend.name != "onnxruntime int8"
-        ):  # is the win the backend's or the search's?
+        # the reference in the chosen one's backend too: is the win the backend's or the search's?
+        if backend is not None and backend.name != "onnxruntime int8":
             same = backend.open(reference / "export" / backend.file(main.stem))
             calls[SAME_BACKEND] = session_call(same, feeds)
     times = interleaved_latency(calls, repeats=60, warmup=5, rounds=6)

@@ -119,11 +119,10 @@ def measure_trial(
     )
     fp32_quality = quality(loaded, metric)
     main = family.graphs(batch_size)[0]
-    opened, skipped = open_backends(
-        onnx_backends("int8" in info["variants"]), folder, [g.stem for g in graphs_of(loaded.model)]
-    )
+    backends = onnx_backends("int8" in info["variants"])
     if objective == "tokens_per_s":  # generation runs through ONNX Runtime's cached decoders
-        opened = {name: sessions for name, sessions in opened.items() if name in (ORT_FP32, ORT_INT8)}
+        backends = [b for b in backends if b.name in (ORT_FP32, ORT_INT8)]
+    opened, skipped = open_backends(backends, folder, [g.stem for g in graphs_of(loaded.model)])
     files = {TORCH: folder / main.file}
     qualities = {TORCH: fp32_quality}
     for name, sessions in opened.items():
