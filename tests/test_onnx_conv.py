@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from genexp.deploy.onnx_conv import LatentProjection, project_latent
+from genexp.deploy.onnx_conv import LatentProjection, SubPixelConv, project_latent, subpixel_copy
 from genexp.deploy.onnx_export import Graph, export_graph
 from genexp.deploy.onnx_runtime import open_session
 from genexp.models.dcgan import Generator
@@ -66,3 +66,47 @@ def test_a_strided_first_layer_is_left_alone() -> None:
     net.net = nn.Sequential(nn.ConvTranspose2d(4, 4, 4, 2, 1), nn.BatchNorm2d(4))
     assert not project_latent(net)
     assert isinstance(net.net[0], nn.ConvTranspose2d)
+
+
+@pytest.mark.parametrize(
+    "kernel,stride,padding,bias", [(4, 2, 1, True), (4, 2, 1, False), (2, 2, 0, True), (8, 4, 2, True)]
+)
+def test_a_strided_transposed_conv_becomes_a_sub_pixel_conv_with_the_same_output(
+    tmp_path: Path, kernel: int, stride: int, padding: int, bias: bool
+) -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.ConvTranspose2d(6, 5, kernel, stride, padding, bias=bias), nn.BatchNorm2d(5), nn.ReLU()
+    ).eval()
+    net[1].running_mean.uniform_(-1, 1)
+    copied, swapped = subpixel_copy(net)
+    assert swapped == 1 and isinstance(copied[0], SubPixelConv) and isinstance(net[0], nn.ConvTranspose2d)
+    x = torch.randn(3, 6, 5, 7)  # not square: rows and columns are regrouped separately
+    with torch.no_grad():
+        expected = net(x)
+        assert expected.shape[-2:] == (5 * stride, 7 * stride)
+        assert torch.allclose(copied(x), expected, atol=1e-5)
+    path = export_graph(
+        Graph("m", copied, (x,), ["x"], ["y"], {"x": {0: "batch"}, "y": {0: "batch"}}),
+        tmp_path / "m.onnx",
+        17,
+    )
+    ops = collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+    assert ops["ConvTranspose"] == 0 and ops["DepthToSpace"] == 1
+    got = open_session(path).run(None, {"x": x[:2].numpy()})[0]
+    assert np.abs(got - expected[:2].numpy()).max() < 1e-4
+
+
+@pytest.mark.parametrize(
+    "conv",
+    [
+        nn.ConvTranspose2d(4, 4, 3, 2, 1),  # output 2H - 1: not stride x the input
+        nn.ConvTranspose2d(4, 4, 4, 2, 1, output_padding=1),
+        nn.ConvTranspose2d(4, 4, 4, 2, 1, groups=2),
+        nn.ConvTranspose2d(4, 4, 4, 1, 0),  # stride 1: project_latent's case, not this one
+        nn.ConvTranspose2d(4, 4, 5, 2, 1),  # the phases' windows are not centred
+    ],
+)
+def test_transposed_convs_without_a_sub_pixel_form_are_left_alone(conv: nn.ConvTranspose2d) -> None:
+    copied, swapped = subpixel_copy(nn.Sequential(conv))
+    assert swapped == 0 and type(copied[0]) is nn.ConvTranspose2d

@@ -3,6 +3,7 @@ or genexp, genexp-eval measures a .onnx like a checkpoint, compare mixes torch a
 
 from __future__ import annotations
 
+import collections
 import json
 import re
 import subprocess
@@ -135,8 +136,18 @@ def test_each_family_exports_graphs_that_match_torch(runs: dict[str, Path], fami
     if family == "diffusion":  # the UNet's input and output convs stay float
         assert int8["quantization"]["float_nodes"] == ["/conv_in/Conv", "/conv_out/Conv"]
     if family == "vae":  # the decoder samples
-        assert set(info["graphs"]) == {"model.onnx", "model.int8.onnx", "decoder.onnx", "decoder.int8.onnx"}
+        stems = ("model", "decoder")
+        assert set(info["graphs"]) == {f"{s}.{v}onnx" for s in stems for v in ("", "int8.", "subpixel.")}
         assert info["usage"]["latent_dim"] == 4 and info["usage"]["sample_graph"] == "decoder.onnx"
+    # the conv nets' strided transposed convs also ship as sub-pixel convs: the same function, other kernels
+    assert info["layouts"] == (["subpixel"] if family in ("vae", "gan") else [])
+    if info["layouts"]:
+        path = folder / "model.subpixel.onnx"
+        ops = collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+        assert ops["DepthToSpace"] >= 1 and ops["ConvTranspose"] == 0, ops
+        sub = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feeds = {i["name"]: v.numpy() for i, v in zip(main["inputs"], inputs, strict=True)}
+        assert np.abs(sub.run(None, feeds)[0] - expected.numpy()).max() < 1e-4
 
 
 def test_export_records_quality_and_latency_per_backend(runs: dict[str, Path]) -> None:

@@ -68,6 +68,15 @@ def test_without_openvino_only_onnx_runtime_is_timed(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(backends.openvino_runtime, "available", lambda: True)
     monkeypatch.setattr(openvino_runtime, "precisions", lambda: ["fp32"])  # an AVX2 CPU: no bf16 backend
     assert [b.name for b in onnx_backends(int8=False)] == ["onnxruntime fp32", "openvino fp32"]
+    with_subpixel = [b.name for b in onnx_backends(int8=True, subpixel=True)]  # the float ones, twice
+    assert with_subpixel == [
+        "onnxruntime fp32",
+        "openvino fp32",
+        "onnxruntime fp32 subpixel",
+        "openvino fp32 subpixel",
+        "onnxruntime int8",
+        "openvino int8",
+    ]
 
 
 def test_backend_names_and_what_ships_for_them(tmp_path: Path) -> None:
@@ -76,13 +85,19 @@ def test_backend_names_and_what_ships_for_them(tmp_path: Path) -> None:
         by_name("openvino int4") is None
         and Backend("openvino", "int8").file("decoder") == "decoder.int8.onnx"
     )
-    for name in ("model.onnx", "decoder.onnx", "model.int8.onnx", "decoder.int8.onnx"):
-        (tmp_path / name).write_bytes(b"")
+    sub = by_name("openvino bf16 subpixel")
+    assert sub == Backend("openvino", "bf16", "subpixel") and sub.name == "openvino bf16 subpixel"
+    assert sub.file("model") == "model.subpixel.onnx" and by_name("onnxruntime int8 subpixel") is None
+    for name in ("model", "decoder"):
+        for suffix in ("onnx", "int8.onnx", "subpixel.onnx"):
+            (tmp_path / f"{name}.{suffix}").write_bytes(b"")
     row = {"export": str(tmp_path), "run": str(tmp_path / "run")}
     bf16 = deployable_files({**row, "backend": "openvino bf16"})  # bf16 is a compile setting: fp32 files ship
     assert [p.name for p in bf16] == ["decoder.onnx", "model.onnx"]
     int8 = deployable_files({**row, "backend": "openvino int8"})
     assert [p.name for p in int8] == ["decoder.int8.onnx", "model.int8.onnx"]
+    subpixel = deployable_files({**row, "backend": "onnxruntime fp32 subpixel"})
+    assert [p.name for p in subpixel] == ["decoder.subpixel.onnx", "model.subpixel.onnx"]
     assert deployable_files({**row, "backend": "torch fp32 eager"})[0].name == "last.ckpt"
 
 

@@ -4,6 +4,8 @@
 - ``openvino fp32``, ``openvino bf16`` (where the CPU computes bf16 natively), ``openvino int8``: OpenVINO on the
   same files, when it is installed (``pip install genexp[openvino]``). Which runtime wins depends on the machine
   and the family (``docs/search.md``), so every one available is timed and the fastest recorded.
+- ``... subpixel``: the fp32 and bf16 backends again on ``model.subpixel.onnx``, the graph whose strided
+  transposed convs are sub-pixel convs (``onnx_conv.SubPixelConv``), when the export wrote one.
 
 A backend that cannot read a graph (OpenVINO has no kernel for ONNX Runtime's ``com.microsoft`` quantized
 attention, for instance) is left out of that export's figures with its reason (``open_backends``); it is never
@@ -22,6 +24,7 @@ from genexp.deploy.onnx_runtime import open_session
 from genexp.runtime.errors import GenexpError
 
 log = logging.getLogger(__name__)
+SUBPIXEL = "subpixel"  # the layout of <stem>.subpixel.onnx (onnx_conv.subpixel_copy)
 
 
 @dataclass(frozen=True)
@@ -30,10 +33,11 @@ class Backend:
 
     runtime: str  # onnxruntime | openvino
     precision: str  # fp32 | bf16 | int8
+    layout: str = ""  # "" (as torch.onnx writes the graph) | "subpixel" (<stem>.subpixel.onnx)
 
     @property
     def name(self) -> str:
-        return f"{self.runtime} {self.precision}"
+        return f"{self.runtime} {self.precision}" + (f" {self.layout}" if self.layout else "")
 
     @property
     def int8(self) -> bool:
@@ -41,11 +45,17 @@ class Backend:
 
     def file(self, stem: str) -> str:
         """The graph file this backend reads for graph ``stem``."""
-        return f"{stem}.int8.onnx" if self.int8 else f"{stem}.onnx"
+        return f"{stem}.{self.layout or 'int8'}.onnx" if self.layout or self.int8 else f"{stem}.onnx"
+
+    def reads(self, file: str) -> bool:
+        """Whether ``file`` (a file name in an export folder) is one of the graphs this backend reads."""
+        return file == self.file(file.split(".", 1)[0])
 
     def files_label(self) -> str:
         """What ships for this backend, in words (``model.json``'s ``backend.files``)."""
-        return "*.int8.onnx" if self.int8 else "*.onnx without .int8"
+        if self.layout or self.int8:
+            return f"*.{self.layout or 'int8'}.onnx"
+        return "*.onnx without .int8 or .subpixel"
 
     def how(self) -> dict[str, Any]:
         """How to run the shipped files on this backend: ``model.json``'s ``backend.runtime`` (an export) and
@@ -64,11 +74,14 @@ class Backend:
         return open_session(path, key=key)
 
 
-def onnx_backends(int8: bool) -> list[Backend]:
-    """The backends to time here: ONNX Runtime's, then OpenVINO's when installed; int8 ones when ``int8``."""
+def onnx_backends(int8: bool, subpixel: bool = False) -> list[Backend]:
+    """The backends to time here: ONNX Runtime's, then OpenVINO's when installed; int8 ones when ``int8``; the
+    float ones on the sub-pixel graphs too when ``subpixel``."""
     backends = [Backend("onnxruntime", "fp32")]
     if openvino_runtime.available():
         backends += [Backend("openvino", p) for p in openvino_runtime.precisions()]
+    if subpixel:
+        backends += [Backend(b.runtime, b.precision, SUBPIXEL) for b in backends]
     if int8:
         backends.append(Backend("onnxruntime", "int8"))
         if openvino_runtime.available():
@@ -77,10 +90,14 @@ def onnx_backends(int8: bool) -> list[Backend]:
 
 
 def by_name(name: str) -> Backend | None:
-    """The backend called ``name`` (``"openvino bf16"``), or None for torch eager and unknown names."""
-    runtime, _, precision = name.partition(" ")
-    if runtime in ("onnxruntime", "openvino") and precision in ("fp32", "bf16", "int8"):
-        return Backend(runtime, precision)
+    """The backend called ``name`` (``"openvino bf16"``, ``"openvino bf16 subpixel"``), or None for torch eager
+    and unknown names."""
+    parts = name.split(" ")
+    if len(parts) not in (2, 3) or parts[0] not in ("onnxruntime", "openvino"):
+        return None
+    precision, layout = parts[1], parts[2] if len(parts) == 3 else ""
+    if precision in ("fp32", "bf16") and layout in ("", SUBPIXEL) or (precision, layout) == ("int8", ""):
+        return Backend(parts[0], precision, layout)
     return None
 
 

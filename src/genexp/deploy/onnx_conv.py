@@ -7,9 +7,20 @@ in an export copy, the layer and its BatchNorm (eval statistics folded in) for `
 ``Gemm`` and a ``Reshape`` in the graph, exactly the same function. Measured on the ``gan_digits`` generator
 (``benchmarks/onnx_rewrites.py``; 2 AMD EPYC cores, AVX-512, 3 processes): the ORT graph runs 1.25x (1.09-1.25x)
 faster at batch 64 (2.86 -> 2.28 ms) and 1.11x at batch 1.
+
+The strided transposed convs that follow (``k=4, stride=2, padding=1``, in the GAN generator and the VAE decoder)
+have a second, exact form: a ``stride`` x ``stride`` sub-pixel convolution. Each output phase ``(a, b)`` of a
+transposed conv is an ordinary conv of the input with a subset of its taps, so one ``Conv2d`` with
+``stride**2`` times the output channels followed by ``PixelShuffle`` (``DepthToSpace`` in the graph) computes the
+same values (``SubPixelConv``). Which form runs faster depends on the runtime, the precision and the widths:
+OpenVINO's bf16 kernels run the sub-pixel VAE decoder much faster while ONNX Runtime runs the GAN's last layer
+faster as a transposed conv. So the export writes both (``<stem>.subpixel.onnx`` beside ``<stem>.onnx``,
+``subpixel_copy``) and the backends are timed on each (``genexp.deploy.backends``).
 """
 
 from __future__ import annotations
+
+import copy
 
 import torch
 from torch import nn
@@ -68,3 +79,69 @@ def project_latent(generator: nn.Module) -> bool:
     layers = [LatentProjection(net[0], norm), *list(net)[2 if norm is not None else 1 :]]
     generator.net = nn.Sequential(*layers)
     return True
+
+
+class SubPixelConv(nn.Module):
+    """A ``ConvTranspose2d`` whose output is ``stride`` times its input, as ``Conv2d`` (``stride**2`` times the
+    output channels, the transposed conv's taps regrouped per output phase) and ``PixelShuffle(stride)``."""
+
+    def __init__(self, conv: nn.ConvTranspose2d) -> None:
+        super().__init__()
+        weight = conv.weight.detach().float()  # (in, out, kh, kw)
+        cin, cout, kh, kw = weight.shape
+        s = conv.stride[0]
+        reach = _reach(kh, s, conv.padding[0])
+        size = 2 * reach + 1
+        kernel = torch.zeros(cout, s, s, cin, size, size)
+        for a in range(s):
+            for ky, ry in _phase_taps(kh, s, conv.padding[0], a):
+                for b in range(s):
+                    for kx, rx in _phase_taps(kw, s, conv.padding[1], b):
+                        kernel[:, a, b, :, ry + reach, rx + reach] = weight[:, :, ky, kx].t()
+        self.conv = nn.Conv2d(cin, cout * s * s, size, padding=reach, bias=conv.bias is not None)
+        self.shuffle = nn.PixelShuffle(s)
+        with torch.no_grad():
+            self.conv.weight.copy_(kernel.reshape(cout * s * s, cin, size, size))
+            if conv.bias is not None:
+                self.conv.bias.copy_(conv.bias.detach().float().repeat_interleave(s * s))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.shuffle(self.conv(x))
+
+
+def _phase_taps(kernel: int, stride: int, padding: int, phase: int) -> list[tuple[int, int]]:
+    """``(tap, input offset)`` pairs of output phase ``phase``: output ``stride * m + phase`` sums
+    ``x[m + offset] * w[tap]`` (from ``o = stride * i + tap - padding``)."""
+    return [
+        (k, (phase + padding - k) // stride) for k in range(kernel) if (phase + padding - k) % stride == 0
+    ]
+
+
+def _reach(kernel: int, stride: int, padding: int) -> int:
+    """How far (in input pixels) the phases look on either side; -1 when the window is not symmetric."""
+    offsets = [r for a in range(stride) for _, r in _phase_taps(kernel, stride, padding, a)]
+    return max(offsets) if offsets and min(offsets) == -max(offsets) else -1
+
+
+def _has_subpixel_form(conv: nn.Module) -> bool:
+    if type(conv) is not nn.ConvTranspose2d or conv.groups != 1 or conv.dilation != (1, 1):
+        return False
+    (kh, kw), (sh, sw), (ph, pw) = conv.kernel_size, conv.stride, conv.padding
+    return (
+        sh == sw > 1
+        and (kh, ph) == (kw, pw)
+        and kh - 2 * ph == sh  # the output is exactly stride x the input
+        and conv.output_padding == (0, 0)
+        and _reach(kh, sh, ph) >= 0
+    )
+
+
+def subpixel_copy(module: nn.Module) -> tuple[nn.Module, int]:
+    """``(copy, count)``: a deep copy of ``module`` whose strided transposed convs that have a sub-pixel form
+    are ``SubPixelConv`` (the same function), and how many were swapped (0: the copy is not needed)."""
+    fresh = copy.deepcopy(module)
+    swaps = [name for name, m in fresh.named_modules() if _has_subpixel_form(m)]
+    for name in swaps:
+        parent, _, leaf = name.rpartition(".")
+        setattr(fresh.get_submodule(parent), leaf, SubPixelConv(fresh.get_submodule(name)))
+    return fresh, len(swaps)

@@ -8,6 +8,7 @@ and it is written under a temporary name and renamed when complete, so a failure
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -20,7 +21,7 @@ import onnx
 import onnxruntime
 import torch
 
-from genexp.deploy.backends import by_name, onnx_backends, open_backends
+from genexp.deploy.backends import SUBPIXEL, by_name, onnx_backends, open_backends
 from genexp.deploy.generation_speed import GENERATION_TOKENS, generation_speed
 from genexp.deploy.latency import (
     cpu_flags,
@@ -29,6 +30,7 @@ from genexp.deploy.latency import (
     omp_wait_policy,
     torch_call,
 )
+from genexp.deploy.onnx_conv import subpixel_copy
 from genexp.deploy.onnx_export import FORMAT, Family, Graph, export_graph, initializer_counts, io_of
 from genexp.deploy.onnx_quantize import Int8ToleranceMiss, int8_scheme, quantize_graph
 from genexp.deploy.onnx_runtime import session_call
@@ -134,6 +136,7 @@ def _write(
     for graph in graphs:
         path = export_graph(graph, folder / graph.file, opset)
         files[graph.file] = {**_file_facts(path), "precision": "fp32"}
+    layouts = _write_subpixel(graphs, folder, files, opset)
     info = {
         "format": FORMAT,
         "family": family.name,
@@ -141,6 +144,7 @@ def _write(
         "graphs": files,
         "main": "model.onnx",
         "variants": ["fp32"],
+        "layouts": layouts,
         "usage": family.usage,
         "versions": {
             "torch": torch.__version__,
@@ -155,6 +159,19 @@ def _write(
         if info["int8"]["written"]:
             info["variants"].append("int8")
     return info
+
+
+def _write_subpixel(graphs: list[Graph], folder: Path, files: dict[str, Any], opset: int) -> list[str]:
+    """Write ``<stem>.subpixel.onnx`` for every graph when the main one has strided transposed convs with a
+    sub-pixel form (``onnx_conv.subpixel_copy``); returns the layouts written (``[]`` or ``["subpixel"]``)."""
+    if not subpixel_copy(graphs[0].module)[1]:
+        return []
+    for graph in graphs:
+        module = subpixel_copy(graph.module)[0]
+        variant = dataclasses.replace(graph, stem=f"{graph.stem}.{SUBPIXEL}", module=module)
+        path = export_graph(variant, folder / variant.file, opset)
+        files[variant.file] = {**_file_facts(path), "precision": "fp32", "layout": SUBPIXEL}
+    return [SUBPIXEL]
 
 
 def _write_int8(
@@ -212,7 +229,10 @@ def latency_table(
     and int8 where written, OpenVINO's when installed), at batch 1 and ``batch_size``, interleaved in one process;
     GPT generation tokens/s for 256 new tokens, with and without the cache (ONNX Runtime's graphs)."""
     main = family.graphs(1)[0]
-    backends = onnx_backends(int8=(folder / main.int8_file()).is_file())
+    backends = onnx_backends(
+        int8=(folder / main.int8_file()).is_file(),
+        subpixel=(folder / f"{main.stem}.{SUBPIXEL}.onnx").is_file(),
+    )
     opened, skipped = open_backends(backends, folder, [main.stem])
     sessions = {name: by_stem[main.stem] for name, by_stem in opened.items()}
     rows: list[dict[str, Any]] = []

@@ -119,7 +119,7 @@ def measure_trial(
     )
     fp32_quality = quality(loaded, metric)
     main = family.graphs(batch_size)[0]
-    backends = onnx_backends("int8" in info["variants"])
+    backends = onnx_backends("int8" in info["variants"], subpixel=bool(info["layouts"]))
     if objective == "tokens_per_s":  # generation runs through ONNX Runtime's cached decoders
         backends = [b for b in backends if b.name in (ORT_FP32, ORT_INT8)]
     opened, skipped = open_backends(backends, folder, [g.stem for g in graphs_of(loaded.model)])

@@ -38,9 +38,7 @@ def deployable_files(row: dict[str, Any]) -> list[Path]:
     export, backend = Path(row["export"]), by_name(row["backend"])
     if backend is None:
         return [Path(row["run"]) / LAST_CHECKPOINT]
-    if backend.int8:
-        return sorted(export.glob("*.int8.onnx"))
-    return sorted(p for p in export.glob("*.onnx") if not p.name.endswith(".int8.onnx"))
+    return sorted(p for p in export.glob("*.onnx") if backend.reads(p.name))
 
 
 def write_choice(row: dict[str, Any], ok: bool, settings: Settings, space: Space, base: Loaded) -> Path:
