@@ -1,6 +1,6 @@
 """The deploy benchmarks run as docs/deploy.md shows them (shortened by their own options): ``deploy_speed.py``
 trains, exports, times every variant in fresh processes and prints one table row per variant, with the spread;
-``onnx_rewrites.py`` prints the GAN export rewrite's table; ``conv_kernels.py`` the per-layer conv kernel table."""
+``onnx_rewrites.py`` prints the export rewrites' tables (GAN and VAE, per backend); ``conv_kernels.py`` the per-layer conv kernel table."""
 
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def test_deploy_speed_prints_every_variant_over_trial_processes(tmp_path: Path) 
     assert params[3] < params[0]  # the structured run really lost channels
 
 
-def test_onnx_rewrites_prints_the_gan_rewrite_table(tmp_path: Path) -> None:
+def test_onnx_rewrites_prints_each_rewrite_per_backend(tmp_path: Path) -> None:
     script = SCRIPT.parent / "onnx_rewrites.py"
     command = [
         sys.executable,
@@ -76,18 +76,24 @@ def test_onnx_rewrites_prints_the_gan_rewrite_table(tmp_path: Path) -> None:
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    rows = [
-        line.split(" | ")
-        for line in done.stdout.splitlines()
-        if line.startswith("| torch") or line.startswith("| ORT")
-    ]
-    assert [row[0].strip("| ") for row in rows] == [
-        "torch fp32 eager",
-        "ORT, as torch.onnx writes it",
-        "ORT, first layer as one Gemm",
-    ]
-    assert all(float(row[1]) > 0 and float(row[4]) > 0 for row in rows)
-    assert "2 processes" in done.stdout and "8 channels" in done.stdout
+    tables = done.stdout.split("\ngan:\n")[1].split("\nvae:\n")
+    openvino = (
+        "OpenVINO bf16" if "avx512_bf16" in done.stdout or "amx_bf16" in done.stdout else "OpenVINO fp32"
+    )
+    expected = {
+        "gan": ["as torch.onnx writes it", "first layer as one Gemm", "Gemm + sub-pixel convs"],
+        "vae": ["as torch.onnx writes it", "sub-pixel convs"],
+    }
+    for table, (net, labels) in zip(tables, expected.items(), strict=True):
+        rows = [
+            line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line
+        ]
+        names = [row[0].removeprefix("| ") for row in rows[1:]]  # after the header
+        assert names == ["torch fp32 eager"] + [
+            f"{r}, {label}" for r in ("ORT", openvino) for label in labels
+        ], net
+        assert all(float(row[1]) > 0 and float(row[4]) > 0 for row in rows[1:])
+    assert "2 processes" in done.stdout and "GAN generator 8 channels" in done.stdout
 
 
 def test_conv_kernels_checks_each_rewrite_against_torch_and_prints_every_layer(tmp_path: Path) -> None:

@@ -139,7 +139,7 @@ COVERED: dict[str, tuple[str, ...]] = {
     "tests/test_generation.py::test_the_256_recipe_is_the_baby_gpt_with_a_4x_context_and_trains": (
         r"^genexp-train experiment=gpt_shakespeare_256 ",
     ),
-    "tests/test_deploy_speed.py::test_onnx_rewrites_prints_the_gan_rewrite_table": (
+    "tests/test_deploy_speed.py::test_onnx_rewrites_prints_each_rewrite_per_backend": (
         r"^python benchmarks/onnx_rewrites\.py$",
     ),
     "tests/test_deploy_speed.py::test_conv_kernels_checks_each_rewrite_against_torch_and_prints_every_layer": (

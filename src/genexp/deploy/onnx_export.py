@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from genexp.deploy.layers import Int8WeightConv, plain_copy, set_submodule
+from genexp.deploy.onnx_attention import DOMAIN, FusedAttention
 from genexp.runtime.errors import ConfigError, GenexpError, first_line
 
 log = logging.getLogger(__name__)
@@ -134,13 +135,19 @@ def export_graph(graph: Graph, path: Path, opset: int) -> Path:
                 opset_version=opset,
                 do_constant_folding=True,
                 dynamo=False,
-                custom_opsets={"com.microsoft": 1},  # onnx_attention's fused Attention, when the graph has it
+                custom_opsets=_custom_opsets(graph.module),
             )
         onnx.checker.check_model(str(path))
     except Exception as err:  # noqa: BLE001 - any exporter failure means the same to the user
         path.unlink(missing_ok=True)
         raise GenexpError(f"opset={opset}: exporting {path.name} failed: {first_line(err)[:300]}") from err
     return path
+
+
+def _custom_opsets(module: nn.Module) -> dict[str, int]:
+    """``com.microsoft`` when the graph holds onnx_attention's fused Attention (declaring it unused makes the
+    exporter warn)."""
+    return {DOMAIN: 1} if any(isinstance(m, FusedAttention) for m in module.modules()) else {}
 
 
 def io_of(path: str | Path) -> dict[str, Any]:

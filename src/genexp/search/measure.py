@@ -168,6 +168,46 @@ def measure_trial(
     }
 
 
+def final_round(
+    rows: list[dict[str, Any]], base: Loaded, batch_size: int, timing: dict[str, int], objective: str
+) -> dict[int, dict[str, float]]:
+    """Time the trials ``rows`` once more, each through its chosen backend, interleaved with the base in the
+    same rounds of this process: ``{trial number: {"ms", "base_ms"}}`` (per call at ``batch_size`` times the
+    sampling steps, or per generated token with ``objective=tokens_per_s``)."""
+    tokens = objective == "tokens_per_s"
+    base_family = family_of(base.model, base.datamodule)
+    if tokens:
+        calls = {BASE_BACKEND: generation_call(base_family, None, TORCH)}
+    else:
+        base_main = base_family.graphs(batch_size)[0]
+        calls = {BASE_BACKEND: torch_call(base_main.module, base_main.example)}
+    steps = {BASE_BACKEND: sampler_calls(base)}
+    for row in rows:
+        loaded, name = load_any(Path(row["run"]), key="trial"), f"trial {row['number']}"
+        family, folder = family_of(loaded.model, loaded.datamodule), Path(row["export"])
+        steps[name] = sampler_calls(loaded)
+        if tokens:
+            calls[name] = generation_call(family, folder, row["backend"])
+        else:
+            calls[name] = backend_call(family, folder, row["backend"], batch_size)
+    times = interleaved_latency(
+        calls, timing.get("repeats", 20), timing.get("warmup", 3), timing.get("rounds", 4)
+    )
+    per = NEW_TOKENS if tokens else 1
+    ms = {name: t["median_ms"] * steps[name] / per for name, t in times.items()}
+    return {r["number"]: {"ms": ms[f"trial {r['number']}"], "base_ms": ms[BASE_BACKEND]} for r in rows}
+
+
+def backend_call(family: Family, folder: Path, backend: str, batch: int) -> Any:
+    """A no-argument call of the main graph at ``batch`` on ``backend`` (torch eager: the module itself)."""
+    main = family.graphs(batch)[0]
+    chosen = by_name(backend)
+    if chosen is None:
+        return torch_call(main.module, main.example)
+    feeds = {name: x.numpy() for name, x in zip(main.inputs, main.example, strict=True)}
+    return session_call(chosen.open(folder / chosen.file(main.stem)), feeds)
+
+
 def forward_calls(family: Family, base: Family, sessions: dict[str, Any], batch: int) -> dict[str, Any]:
     """No-argument calls of one forward pass at ``batch``: the base's torch graph, the trial's torch eager
     graph and each of its backends' ``sessions`` of the main graph, on the same example input."""

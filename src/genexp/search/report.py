@@ -15,14 +15,32 @@ from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 from genexp.runtime.run_folder import write_json  # noqa: E402
 from genexp.search.settings import Settings  # noqa: E402
 
-MARKERS = {  # one marker per backend: square torch, circle fp32, diamond bf16, triangle int8
-    "torch fp32 eager": "s",
-    "onnxruntime fp32": "o",
-    "onnxruntime int8": "^",
-    "openvino fp32": "o",
-    "openvino bf16": "D",
-    "openvino int8": "^",
-}
+MARKERS = {"fp32": "o", "bf16": "D", "int8": "^"}  # per precision; torch eager a square
+SUBPIXEL_MARKERS = {"fp32": "h", "bf16": "p"}  # the sub-pixel graphs: a hexagon, a pentagon
+COLORS = [  # a fixed colour per backend, the same in every plot
+    "torch fp32 eager",
+    "onnxruntime fp32",
+    "onnxruntime int8",
+    "openvino fp32",
+    "openvino bf16",
+    "openvino int8",
+    "onnxruntime fp32 subpixel",
+    "openvino fp32 subpixel",
+    "openvino bf16 subpixel",
+]
+
+
+def marker_of(backend: str) -> str:
+    """The plot marker of a backend's name: its precision's, the sub-pixel graphs' own, torch's square."""
+    parts = backend.split(" ")
+    if parts[0] == "torch" or len(parts) < 2:
+        return "s"
+    table = SUBPIXEL_MARKERS if parts[-1] == "subpixel" else MARKERS
+    return table.get(parts[1], "o")
+
+
+def _color_index(backend: str) -> int:
+    return COLORS.index(backend) if backend in COLORS else len(COLORS)
 
 
 def write_table(
@@ -50,6 +68,23 @@ def write_table(
             f"| {1 / r['latency_ratio']:.2f}x | {_ms(r['backends'][r['backend']].get('batch1_ms'))} "
             f"| {_ms(r.get('base_batch1_ms'))} | {r['bytes']} | {'yes' if r['quality_change'] <= settings.budget else 'no'} |"
         )
+    finalists = [r for r in rows if "final" in r]
+    if finalists:
+        lines += [
+            "",
+            f"final round: the {len(finalists)} fastest within budget timed again, side by side with the base "
+            "in the same rounds (the fastest wins; within 3% of it, the better quality):",
+            "",
+            f"| trial | {ms} | base {ms} | speedup |",
+            "|---:|---:|---:|---:|",
+        ]
+        for r in finalists:
+            mark = "**" if chosen is not None and r["number"] == chosen["number"] else ""
+            final = r["final"]
+            lines.append(
+                f"| {mark}{r['number']}{mark} | {final['ms']:.3f} | {final['base_ms']:.3f} "
+                f"| {1 / final['ratio']:.2f}x |"
+            )
     (out / "trials.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -64,19 +99,20 @@ def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     x_key = "bytes" if settings.objective == "size" else "latency_ratio"
     scale = 100.0 if settings.budget_mode == "relative" else 1.0
-    for i, (backend, marker) in enumerate(MARKERS.items()):
+    for backend in sorted({r["backend"] for r in rows}, key=_color_index):
         mine = [r for r in rows if r["backend"] == backend]
-        if mine:
-            color = f"C{i}"  # OpenVINO's markers hollow, ONNX Runtime's and torch's filled
-            ax.scatter(
-                [r[x_key] for r in mine],
-                [r["quality_change"] * scale for r in mine],
-                marker=marker,
-                s=50,
-                facecolors="none" if backend.startswith("openvino") else color,
-                edgecolors=color,
-                label=backend,
-            )
+        color = (
+            f"C{_color_index(backend) % 10}"  # OpenVINO's markers hollow, ONNX Runtime's and torch's filled
+        )
+        ax.scatter(
+            [r[x_key] for r in mine],
+            [r["quality_change"] * scale for r in mine],
+            marker=marker_of(backend),
+            s=50,
+            facecolors="none" if backend.startswith("openvino") else color,
+            edgecolors=color,
+            label=backend,
+        )
     for r in rows:
         ax.annotate(
             str(r["number"]),
