@@ -24,7 +24,7 @@ def _row(number: int, ratio: float, change: float) -> dict[str, Any]:
         "label": f"t{number}",
         "backend": "onnxruntime fp32",
         "backends": {"onnxruntime fp32": {}},
-        "bytes": 1,
+        "bytes": 1000 + number,  # another network each, unless a test makes twins
         "batch_size": 64,
     }
 
@@ -88,3 +88,11 @@ def test_size_and_a_lone_candidate_are_not_timed_again(tmp_path: Path, final: Fi
     lone = [_row(0, 0.30, 0.019), _row(1, 0.2, 0.5)]
     assert select.final_round(lone, lone[0], _settings(tmp_path), None) is lone[0]
     assert final.timed == [] and "final" not in chosen
+
+
+def test_twins_of_one_network_are_as_fast_as_their_best_timing(tmp_path: Path, final: FinalRound) -> None:
+    twin_a, twin_b, other = _row(0, 0.30, 0.015), _row(1, 0.31, -0.01), _row(2, 0.32, 0.0)
+    twin_a["bytes"] = twin_b["bytes"] = 900  # the same widths on the same backend
+    final.ms.update({0: 0.30, 1: 0.35, 2: 0.33})  # twin b timed 17% slower in this round: noise
+    chosen = select.final_round([twin_a, twin_b, other], twin_a, _settings(tmp_path), None)
+    assert chosen["number"] == 1 and chosen["final"]["ms"] == 0.35  # its own figure ships
