@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "deploy_speed.py"
 
 
@@ -60,23 +62,15 @@ def test_deploy_speed_prints_every_variant_over_trial_processes(tmp_path: Path) 
     assert params[3] < params[0]  # the structured run really lost channels
 
 
-def test_onnx_rewrites_prints_each_rewrite_per_backend(tmp_path: Path) -> None:
+@pytest.mark.parametrize("nets", [["gan", "vae"], ["vae"]])
+def test_onnx_rewrites_prints_each_rewrite_per_backend(tmp_path: Path, nets: list[str]) -> None:
     script = SCRIPT.parent / "onnx_rewrites.py"
-    command = [
-        sys.executable,
-        str(script),
-        "--trials",
-        "2",
-        "--repeats",
-        "2",
-        "--rounds",
-        "1",
-        "--channels",
-        "8",
-    ]
+    command = [sys.executable, str(script), "--trials", "2", "--repeats", "2", "--rounds", "1"]
+    command += ["--channels", "8", "--nets", *nets]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-2000:]
-    tables = done.stdout.split("\ngan:\n")[1].split("\nvae:\n")
+    tables = re.split(r"\n(?:gan|vae):\n", done.stdout)[1:]
+    assert len(tables) == len(nets) and ("\ngan:\n" in done.stdout) == ("gan" in nets)
     openvino = (
         "OpenVINO bf16" if "avx512_bf16" in done.stdout or "amx_bf16" in done.stdout else "OpenVINO fp32"
     )
@@ -84,7 +78,8 @@ def test_onnx_rewrites_prints_each_rewrite_per_backend(tmp_path: Path) -> None:
         "gan": ["as torch.onnx writes it", "first layer as one Gemm", "Gemm + sub-pixel convs"],
         "vae": ["as torch.onnx writes it", "sub-pixel convs"],
     }
-    for table, (net, labels) in zip(tables, expected.items(), strict=True):
+    for table, net in zip(tables, nets, strict=True):
+        labels = expected[net]
         rows = [
             line.split(" | ") for line in table.splitlines() if line.startswith("| ") and "---" not in line
         ]

@@ -140,7 +140,7 @@ COVERED: dict[str, tuple[str, ...]] = {
         r"^genexp-train experiment=gpt_shakespeare_256 ",
     ),
     "tests/test_deploy_speed.py::test_onnx_rewrites_prints_each_rewrite_per_backend": (
-        r"^python benchmarks/onnx_rewrites\.py$",
+        r"^python benchmarks/onnx_rewrites\.py( --nets vae --channels 32)?$",
     ),
     "tests/test_deploy_speed.py::test_conv_kernels_checks_each_rewrite_against_torch_and_prints_every_layer": (
         r"^python benchmarks/conv_kernels\.py$",

@@ -10,5 +10,6 @@ Importable without Lightning callbacks or training code:
 - ``onnx_export``, ``onnx_quantize``, ``onnx_runtime``, ``onnx_package``: the ONNX deployables (``model.onnx``,
   ``model.int8.onnx``, ``model.json``) that run with onnxruntime and numpy alone, and latency per backend;
 - ``onnx_attention``, ``onnx_conv``: export-time swaps for faster graphs (the GPT's fused attention, the GAN
-  generator's first layer as one Gemm).
+  generator's first layer as one Gemm, strided transposed convs as sub-pixel convs in ``<stem>.subpixel.onnx``);
+- ``backends``, ``openvino_runtime``: the runtimes x precisions x graph layouts an export is timed on.
 """

@@ -73,7 +73,8 @@ def write_table(
         lines += [
             "",
             f"final round: the {len(finalists)} fastest within budget timed again, side by side with the base "
-            "in the same rounds (the fastest wins; within 3% of it, the better quality):",
+            "in the same rounds (the fastest wins; within 3% of it, or the same network on the same backend, the "
+            "better quality):",
             "",
             f"| trial | {ms} | base {ms} | speedup |",
             "|---:|---:|---:|---:|",
