@@ -33,6 +33,13 @@ def _generator(channels: int, affine: bool = True) -> Generator:
     return gen.eval()
 
 
+def _export(module: nn.Module, example: torch.Tensor, path: Path) -> tuple[Path, collections.Counter]:
+    """Export ``module`` (input ``x``, output ``y``, a dynamic batch) and count the graph's ops."""
+    graph = Graph("m", module, (example,), ["x"], ["y"], {"x": {0: "batch"}, "y": {0: "batch"}})
+    export_graph(graph, path, 17)
+    return path, collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+
+
 @pytest.mark.parametrize("channels,affine", [(8, True), (6, False)])
 def test_the_first_layer_becomes_one_gemm_with_the_same_output(
     tmp_path: Path, channels: int, affine: bool
@@ -45,18 +52,13 @@ def test_the_first_layer_becomes_one_gemm_with_the_same_output(
     with torch.no_grad():
         expected = gen(z)
         assert torch.allclose(copied(z), expected, atol=1e-5)
-    path = export_graph(
-        Graph("model", copied, (z,), ["z"], ["images"], {"z": {0: "batch"}, "images": {0: "batch"}}),
-        tmp_path / "g.onnx",
-        17,
-    )
-    ops = collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+    path, ops = _export(copied, z, tmp_path / "g.onnx")
     assert (
         ops["Gemm"] == 1
         and ops["ConvTranspose"] == sum(isinstance(m, nn.ConvTranspose2d) for m in gen.modules()) - 1
     )
     z3 = torch.randn(3, 12)  # another batch size than exported
-    got = open_session(path).run(None, {"z": z3.numpy()})[0]
+    got = open_session(path).run(None, {"x": z3.numpy()})[0]
     with torch.no_grad():
         assert np.abs(got - gen(z3).numpy()).max() < 1e-4
 
@@ -86,12 +88,7 @@ def test_a_strided_transposed_conv_becomes_a_sub_pixel_conv_with_the_same_output
         expected = net(x)
         assert expected.shape[-2:] == (5 * stride, 7 * stride)
         assert torch.allclose(copied(x), expected, atol=1e-5)
-    path = export_graph(
-        Graph("m", copied, (x,), ["x"], ["y"], {"x": {0: "batch"}, "y": {0: "batch"}}),
-        tmp_path / "m.onnx",
-        17,
-    )
-    ops = collections.Counter(node.op_type for node in onnx.load(str(path)).graph.node)
+    path, ops = _export(copied, x, tmp_path / "m.onnx")
     assert ops["ConvTranspose"] == 0 and ops["DepthToSpace"] == 1
     got = open_session(path).run(None, {"x": x[:2].numpy()})[0]
     assert np.abs(got - expected[:2].numpy()).max() < 1e-4
