@@ -96,7 +96,7 @@ def by_name(name: str) -> Backend | None:
     if len(parts) not in (2, 3) or parts[0] not in ("onnxruntime", "openvino"):
         return None
     precision, layout = parts[1], parts[2] if len(parts) == 3 else ""
-    if precision in ("fp32", "bf16") and layout in ("", SUBPIXEL) or (precision, layout) == ("int8", ""):
+    if (precision in ("fp32", "bf16") and layout in ("", SUBPIXEL)) or (precision, layout) == ("int8", ""):
         return Backend(parts[0], precision, layout)
     return None
 
