@@ -61,7 +61,7 @@ def test_the_fastest_in_the_final_round_wins_and_its_figures_ship(tmp_path: Path
     assert ok and chosen["number"] == 0
     chosen = select.final_round(rows, chosen, _settings(tmp_path), base=None)
     assert chosen["number"] == 1 and final.timed == [[0, 1, 2]]  # trial 3 is over budget
-    assert select._latency(chosen) == {
+    assert select.latency_of(chosen) == {
         "latency_ms": 0.37,
         "base_latency_ms": 1.0,
         "speedup_vs_base_torch": 1 / 0.37,

@@ -43,9 +43,14 @@ class Backend:
     def int8(self) -> bool:
         return self.precision == "int8"
 
+    @property
+    def suffix(self) -> str:
+        """What the file names of this backend's graphs add to the stem: ``int8``, ``subpixel`` or nothing."""
+        return self.layout or ("int8" if self.int8 else "")
+
     def file(self, stem: str) -> str:
         """The graph file this backend reads for graph ``stem``."""
-        return f"{stem}.{self.layout or 'int8'}.onnx" if self.layout or self.int8 else f"{stem}.onnx"
+        return f"{stem}.{self.suffix}.onnx" if self.suffix else f"{stem}.onnx"
 
     def reads(self, file: str) -> bool:
         """Whether ``file`` (a file name in an export folder) is one of the graphs this backend reads."""
@@ -53,9 +58,7 @@ class Backend:
 
     def files_label(self) -> str:
         """What ships for this backend, in words (``model.json``'s ``backend.files``)."""
-        if self.layout or self.int8:
-            return f"*.{self.layout or 'int8'}.onnx"
-        return "*.onnx without .int8 or .subpixel"
+        return f"*.{self.suffix}.onnx" if self.suffix else "*.onnx without .int8 or .subpixel"
 
     def how(self) -> dict[str, Any]:
         """How to run the shipped files on this backend: ``model.json``'s ``backend.runtime`` (an export) and

@@ -164,10 +164,11 @@ def _write(
 def _write_subpixel(graphs: list[Graph], folder: Path, files: dict[str, Any], opset: int) -> list[str]:
     """Write ``<stem>.subpixel.onnx`` for every graph when the main one has strided transposed convs with a
     sub-pixel form (``onnx_conv.subpixel_copy``); returns the layouts written (``[]`` or ``["subpixel"]``)."""
-    if not subpixel_copy(graphs[0].module)[1]:
+    main, swapped = subpixel_copy(graphs[0].module)
+    if not swapped:
         return []
-    for graph in graphs:
-        module = subpixel_copy(graph.module)[0]
+    modules = [main, *(subpixel_copy(graph.module)[0] for graph in graphs[1:])]
+    for graph, module in zip(graphs, modules, strict=True):
         variant = dataclasses.replace(graph, stem=f"{graph.stem}.{SUBPIXEL}", module=module)
         path = export_graph(variant, folder / variant.file, opset)
         files[variant.file] = {**_file_facts(path), "precision": "fp32", "layout": SUBPIXEL}

@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import FormatStrFormatter  # noqa: E402
 
 from genexp.runtime.run_folder import write_json  # noqa: E402
+from genexp.search.select import TIE  # noqa: E402
 from genexp.search.settings import Settings  # noqa: E402
 
 MARKERS = {"fp32": "o", "bf16": "D", "int8": "^"}  # per precision; torch eager a square
@@ -73,8 +74,8 @@ def write_table(
         lines += [
             "",
             f"final round: the {len(finalists)} fastest within budget timed again, side by side with the base "
-            "in the same rounds (the fastest wins; within 3% of it, or the same network on the same backend, the "
-            "better quality):",
+            f"in the same rounds (the fastest wins; within {TIE:.0%} of it, or the same network on the same "
+            "backend, the better quality):",
             "",
             f"| trial | {ms} | base {ms} | speedup |",
             "|---:|---:|---:|---:|",
@@ -102,9 +103,7 @@ def plot(rows: list[dict[str, Any]], settings: Settings, chosen: dict[str, Any] 
     scale = 100.0 if settings.budget_mode == "relative" else 1.0
     for backend in sorted({r["backend"] for r in rows}, key=_color_index):
         mine = [r for r in rows if r["backend"] == backend]
-        color = (
-            f"C{_color_index(backend) % 10}"  # OpenVINO's markers hollow, ONNX Runtime's and torch's filled
-        )
+        color = f"C{_color_index(backend) % 10}"  # OpenVINO's markers hollow, the others filled
         ax.scatter(
             [r[x_key] for r in mine],
             [r["quality_change"] * scale for r in mine],

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
 
 from genexp.search.report import plot, write_table
-from genexp.search.select import choose, final_round, write_choice
+from genexp.search.select import choose, final_round, latency_of, write_choice
 from genexp.search.settings import Settings
 from genexp.search.study import records, run_trials
 
@@ -38,13 +37,7 @@ def search(settings: Settings) -> int:
         return BUDGET_NOT_MET
     print(
         f"genexp-optimize: best: trial {chosen['number']} ({chosen['label']}), {chosen['backend']}, "
-        f"{_speedup(chosen):.2f}x the base's speed, quality change "
+        f"{latency_of(chosen)['speedup_vs_base_torch']:.2f}x the base's speed, quality change "
         f"{chosen['quality_change']:+.4f} -> {folder}"
     )
     return 0
-
-
-def _speedup(row: dict[str, Any]) -> float:
-    """The chosen trial's speedup: from the final round when it was timed again."""
-    final = row.get("final")
-    return final["base_ms"] / final["ms"] if final else row["base_latency_ms"] / row["latency_ms"]

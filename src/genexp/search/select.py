@@ -44,11 +44,11 @@ def final_round(
 ) -> dict[str, Any]:
     """The choice after a last timing: the ``FINALISTS`` fastest trials within budget are timed again, side by
     side with the base in the same rounds (``measure.final_round``, under the measuring lock), and the fastest
-    there wins; one within ``TIE`` of it with a better quality wins instead. The finalists' figures go into
-    their rows (``final``); the winner's latency is the final round's. Finalists that ship the same network to the same backend (equal bytes: the
-    same trial recipe's widths, fine-tuned differently) are as fast as the best timing among them: in one
-    round two such twins measured 1.14 and 1.32 ms, and alone, side by side, 1.12 and 1.14. ``objective=size``
-    compares exact bytes: ``chosen`` stands."""
+    there wins; one within ``TIE`` of it with a better quality wins instead. Finalists that ship the same
+    network to the same backend (equal bytes: the same widths, fine-tuned with another recipe) are as fast as
+    the best timing among them: in one round two such twins measured 1.24 and 1.34 ms, and alone, side by
+    side, 1.12 and 1.14. The finalists' figures go into their rows (``final``); the winner's latency is the
+    final round's. ``objective=size`` compares exact bytes: ``chosen`` stands."""
     if settings.objective == "size":
         return chosen
     finalists = sorted(within_budget(rows, settings.budget), key=lambda r: r["latency_ratio"])[:FINALISTS]
@@ -114,7 +114,7 @@ def write_choice(row: dict[str, Any], ok: bool, settings: Settings, space: Space
             "base": base_test,
             "relative_change": (test_value - base_test) / abs(base_test),
         },
-        **_latency(row),
+        **latency_of(row),
         "batch_size": row["batch_size"],
         "bytes": row["bytes"],
         "backends": row["backends"],
@@ -123,8 +123,8 @@ def write_choice(row: dict[str, Any], ok: bool, settings: Settings, space: Space
     return folder
 
 
-def _latency(row: dict[str, Any]) -> dict[str, Any]:
-    """``model.json``'s latency: the final round's when the trial was timed again, else the trial's own."""
+def latency_of(row: dict[str, Any]) -> dict[str, Any]:
+    """A chosen trial's latency for ``model.json``: the final round's when the trial was timed again, else the trial's own."""
     if "final" in row:
         ms, base_ms, how = row["final"]["ms"], row["final"]["base_ms"], "final round"
     else:
